@@ -1,0 +1,1 @@
+"""retquant's benchmarks (run from the repository root: ``python -m bench.<name>``)."""

@@ -1,0 +1,1 @@
+"""Triton kernels of retquant (installed as ``retquant.kernels``); one file per kernel."""

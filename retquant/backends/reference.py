@@ -1,0 +1,89 @@
+"""The PyTorch reference backend: the float64 spec for ``quant=None``, the exact integer spec
+otherwise. Packed (varlen) inputs run one sequence at a time."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from retquant.backends.registry import Backend, register_backend
+from retquant.ops.retention.int_chunk import int_chunk_retention
+from retquant.ops.retention.int_recurrent import int_recurrent_retention
+from retquant.ops.retention.naive import (
+    naive_chunk_retention,
+    naive_parallel_retention,
+    naive_recurrent_retention,
+)
+from retquant.ops.validate import RetentionCall
+
+
+def _state_dtype(call: RetentionCall) -> torch.dtype:
+    return torch.float64 if call.q.dtype == torch.float64 else torch.float32
+
+
+def per_sequence(dense, call: RetentionCall):
+    """Run ``dense(call) -> (o, final)`` on each packed sequence of a varlen call."""
+    if call.cu_seqlens is None:
+        return dense(call)
+    bounds = call.cu_seqlens.tolist()
+    outs, finals = [], []
+    for i, (s, e) in enumerate(zip(bounds[:-1], bounds[1:])):
+        init = None if call.initial_state is None else call.initial_state[i : i + 1]
+        sub = replace(call, q=call.q[:, s:e], k=call.k[:, s:e], v=call.v[:, s:e],
+                      initial_state=init, cu_seqlens=None)
+        o, f = dense(sub)
+        outs.append(o)
+        finals.append(f)
+    return torch.cat(outs, dim=1), torch.cat(finals, dim=0)
+
+
+def _finish(call: RetentionCall, o, final):
+    final = final.to(_state_dtype(call)) if call.output_final_state else None
+    return o.to(call.q.dtype), final
+
+
+def _chunk_dense(call: RetentionCall):
+    if call.quant is None:
+        return naive_chunk_retention(call.q, call.k, call.v, call.g_gamma, call.scale, call.initial_state)
+    o, s, _ = int_chunk_retention(call.q, call.k, call.v, call.g_gamma, call.scale, call.quant,
+                                  call.initial_state)
+    return o, s
+
+
+def _recurrent_dense(call: RetentionCall):
+    if call.quant is None:
+        return naive_recurrent_retention(call.q, call.k, call.v, call.g_gamma, call.scale, call.initial_state)
+    return int_recurrent_retention(call.q, call.k, call.v, call.g_gamma, call.scale, call.quant,
+                                   call.initial_state)
+
+
+def _parallel_dense(call: RetentionCall):
+    if call.quant is None:
+        o, s, _ = naive_parallel_retention(call.q, call.k, call.v, call.g_gamma, call.scale, call.initial_state)
+        return o, s
+    # The quantized parallel form is the integer algorithm with one chunk spanning the sequence.
+    o, s, _ = int_chunk_retention(call.q, call.k, call.v, call.g_gamma, call.scale, call.quant,
+                                  call.initial_state, chunk_size=call.q.shape[1])
+    return o, s
+
+
+def chunk(call: RetentionCall):
+    return _finish(call, *per_sequence(_chunk_dense, call))
+
+
+def fused_recurrent(call: RetentionCall):
+    return _finish(call, *per_sequence(_recurrent_dense, call))
+
+
+def parallel(call: RetentionCall):
+    return _finish(call, *per_sequence(_parallel_dense, call))
+
+
+register_backend(
+    Backend(
+        name="reference",
+        impls={"chunk": chunk, "fused_recurrent": fused_recurrent, "parallel": parallel},
+        unsupported=lambda op, call: None,
+    )
+)

@@ -1,0 +1,85 @@
+"""Backend selection: explicit choice, environment override, or the device's preferred backend.
+
+``backend=`` (or ``RETQUANT_BACKEND``) is one of ``auto``, ``reference``, ``cpu``, ``triton``.
+A backend asked for by name that cannot run the call is an error; the preferred backend of
+``auto`` that cannot run it gives one warning (per reason) and the PyTorch reference runs.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from retquant.ops.validate import RetentionCall
+
+BACKEND_NAMES = ("auto", "reference", "cpu", "triton")
+ENV_VAR = "RETQUANT_BACKEND"
+OPS = ("chunk", "fused_recurrent", "parallel")
+
+Impl = Callable[[RetentionCall], tuple]
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A way to run retention ops.
+
+    ``unsupported(op, call)`` returns ``None`` when ``impls[op]`` can run the call, else the
+    reason in words (missing compiler, no GPU, configuration the kernel does not implement...).
+    """
+
+    name: str
+    impls: dict[str, Impl]
+    unsupported: Callable[[str, RetentionCall], str | None]
+
+
+_REGISTRY: dict[str, Backend] = {}
+_WARNED: set[tuple[str, str]] = set()
+
+
+def register_backend(backend: Backend) -> None:
+    if backend.name not in BACKEND_NAMES or backend.name == "auto":
+        raise ValueError(f"backend name must be one of {BACKEND_NAMES[1:]}, got {backend.name!r}")
+    _REGISTRY[backend.name] = backend
+
+
+def requested_backend(backend: str | None) -> str:
+    """The backend name from the argument, else ``RETQUANT_BACKEND``, else ``auto``."""
+    source = "backend"
+    if backend is None:
+        backend, source = os.environ.get(ENV_VAR, "auto") or "auto", ENV_VAR
+    if not isinstance(backend, str) or backend not in BACKEND_NAMES:
+        raise ValueError(f"{source} must be one of {BACKEND_NAMES}, got {backend!r}")
+    return backend
+
+
+def _why_not(name: str, op: str, call: RetentionCall) -> str | None:
+    b = _REGISTRY.get(name)
+    if b is None:
+        return f"the {name!r} backend is not part of this build of retquant"
+    return b.unsupported(op, call)
+
+
+def select_impl(op: str, call: RetentionCall, backend: str | None) -> Impl:
+    """The implementation of ``op`` that runs ``call``."""
+    name = requested_backend(backend)
+    if name != "auto":
+        reason = _why_not(name, op, call)
+        if reason is not None:
+            raise RuntimeError(f"backend {name!r} was requested for {op}_retention but cannot run it: {reason}")
+        return _REGISTRY[name].impls[op]
+    if call.quant is not None:
+        preferred = "triton" if call.q.device.type == "cuda" else "cpu"
+        reason = _why_not(preferred, op, call)
+        if reason is None:
+            return _REGISTRY[preferred].impls[op]
+        if (preferred, reason) not in _WARNED:
+            _WARNED.add((preferred, reason))
+            warnings.warn(
+                f"retquant: preferred backend {preferred!r} unavailable for {op}_retention "
+                f"({reason}); running the PyTorch reference",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+    return _REGISTRY["reference"].impls[op]

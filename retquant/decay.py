@@ -1,0 +1,109 @@
+"""The decay schedule of multi-scale retention and the per-chunk decay tables derived from it.
+
+Everything that needs gamma gets it from here, so the float spec, the integer spec and the
+kernels agree on every factor. Tables are computed in float64 and rounded once to float32, so
+a kernel that loads them multiplies by exactly the numbers the PyTorch spec multiplies by.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from retquant.constants import DECAY_BASE_EXP, FUSED_DECAY_MAX_LOG2
+
+
+def default_g_gamma(num_heads: int, device=None) -> torch.Tensor:
+    """RetNet's per-head log-decay, ``log(1 - 2**(-5 - h))``, as float64 of shape ``[H]``.
+
+    Example:
+        >>> default_g_gamma(2)
+        tensor([-0.0317, -0.0157], dtype=torch.float64)
+    """
+    if not isinstance(num_heads, int) or num_heads < 1:
+        raise ValueError(f"num_heads must be a positive int, got {num_heads!r}")
+    h = torch.arange(num_heads, dtype=torch.float64, device=device)
+    return torch.log1p(-torch.pow(2.0, DECAY_BASE_EXP - h))
+
+
+def resolve_g_gamma(g_gamma, num_heads: int, device=None) -> torch.Tensor:
+    """Validate a user ``g_gamma`` (log gamma per head) or build the default; float64 ``[H]``.
+
+    gamma = exp(g_gamma) must lie in (0, 1), i.e. g_gamma must be finite and negative.
+    """
+    if g_gamma is None:
+        return default_g_gamma(num_heads, device=device)
+    if not isinstance(g_gamma, torch.Tensor):
+        try:
+            g_gamma = torch.as_tensor(g_gamma, dtype=torch.float64)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"g_gamma must be a tensor of shape [H]={num_heads}, got {g_gamma!r}") from e
+    if not g_gamma.is_floating_point():
+        raise TypeError(f"g_gamma must be a floating tensor (log gamma per head), got {g_gamma.dtype}")
+    if g_gamma.shape != (num_heads,):
+        raise ValueError(
+            f"g_gamma must have shape [H]=[{num_heads}], got {list(g_gamma.shape)}"
+        )
+    g = g_gamma.detach().to(device=device, dtype=torch.float64)
+    if not bool(torch.isfinite(g).all()) or bool((g >= 0).any()):
+        raise ValueError(
+            "g_gamma = log(gamma) must be finite and < 0 (gamma in (0, 1)); "
+            f"got {g.tolist()}"
+        )
+    return g
+
+
+def fused_decay_ok(g_gamma: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """Per head: may gamma**(a-b) be folded into row/column scales at this chunk size?"""
+    return (chunk_size - 1) * g_gamma.abs() / math.log(2.0) <= FUSED_DECAY_MAX_LOG2
+
+
+@dataclass(frozen=True)
+class ChunkDecay:
+    """float32 decay factors for one chunk length L, per head (leading dim H).
+
+    row[h, a]    = gamma**a          (intra-chunk row factor of Q K^T)
+    col[h, b]    = gamma**(-b)       (intra-chunk column factor; only used where ``fused``)
+    mask[h, a, b]= gamma**(a-b) for a >= b else 0   (the guarded, unfactored form)
+    inter[h, a]  = gamma**(a+1)      (row factor of Q S_{i-1})
+    kdec[h, j]   = gamma**(L-1-j)    (applied to K before the state-update GEMM)
+    chunk[h]     = gamma**L          (state decay across the chunk)
+    fused[h]     = whether row/col may be used (see FUSED_DECAY_MAX_LOG2)
+    """
+
+    row: torch.Tensor
+    col: torch.Tensor
+    mask: torch.Tensor
+    inter: torch.Tensor
+    kdec: torch.Tensor
+    chunk: torch.Tensor
+    fused: torch.Tensor
+
+
+def chunk_decay_tables(g_gamma: torch.Tensor, length: int, chunk_size: int) -> ChunkDecay:
+    """Decay tables for a chunk holding ``length`` tokens in a schedule of ``chunk_size``.
+
+    The guard decision depends on ``chunk_size`` only, so every chunk of a sequence (the short
+    last one included) uses the same form.
+
+    Example:
+        >>> t = chunk_decay_tables(default_g_gamma(2), length=64, chunk_size=64)
+        >>> t.row.shape, t.mask.shape
+        (torch.Size([2, 64]), torch.Size([2, 64, 64]))
+    """
+    g = g_gamma.to(torch.float64)[:, None]
+    j = torch.arange(length, dtype=torch.float64, device=g.device)[None, :]
+    diff = j[0][:, None] - j[0][None, :]
+    causal = diff >= 0
+    mask = torch.where(causal, torch.exp(g[:, :, None] * diff.clamp(min=0)), 0.0)
+    return ChunkDecay(
+        row=torch.exp(g * j).float(),
+        col=torch.exp(-g * j).float(),
+        mask=mask.float(),
+        inter=torch.exp(g * (j + 1)).float(),
+        kdec=torch.exp(g * (length - 1 - j)).float(),
+        chunk=torch.exp(g[:, 0] * length).float(),
+        fused=fused_decay_ok(g_gamma, chunk_size),
+    )

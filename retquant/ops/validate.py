@@ -1,0 +1,132 @@
+"""Argument checks shared by the public ops: clear errors before any kernel runs."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from retquant.decay import resolve_g_gamma
+from retquant.quant.config import RetentionQuantConfig, resolve_quant
+
+
+@dataclass(frozen=True)
+class RetentionCall:
+    """Validated arguments of one retention op call, as every backend receives them."""
+
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    scale: float
+    g_gamma: torch.Tensor  # float64 [H]
+    initial_state: torch.Tensor | None
+    output_final_state: bool
+    cu_seqlens: torch.Tensor | None
+    quant: RetentionQuantConfig | None
+
+    @property
+    def num_sequences(self) -> int:
+        return self.q.shape[0] if self.cu_seqlens is None else self.cu_seqlens.numel() - 1
+
+
+def _check_tensor(x, name: str, shape_doc: str) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape {shape_doc}, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating tensor (float32/float16/bfloat16/float64), got {x.dtype}")
+    if x.dim() != 4:
+        raise ValueError(f"{name} must have rank 4 with shape {shape_doc}, got shape {list(x.shape)}")
+
+
+def _check_finite(x: torch.Tensor, name: str) -> None:
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(
+            f"{name} holds inf or NaN values; quantization scales computed from them would "
+            "corrupt every value that shares the scale"
+        )
+
+
+def _check_cu_seqlens(cu_seqlens, B: int, T: int) -> torch.Tensor:
+    if not isinstance(cu_seqlens, torch.Tensor):
+        raise TypeError(f"cu_seqlens must be a 1-D integer torch.Tensor, got {type(cu_seqlens).__name__}")
+    if cu_seqlens.is_floating_point() or cu_seqlens.is_complex() or cu_seqlens.dtype == torch.bool:
+        raise TypeError(f"cu_seqlens must be an integer tensor (int32/int64), got {cu_seqlens.dtype}")
+    if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
+        raise ValueError(f"cu_seqlens must be 1-D with N+1 >= 2 entries, got shape {list(cu_seqlens.shape)}")
+    if B != 1:
+        raise ValueError(f"with cu_seqlens the batch size must be 1 (packed sequences), got B={B}")
+    cs = cu_seqlens.detach().to("cpu", torch.int64)
+    if cs[0].item() != 0:
+        raise ValueError(f"cu_seqlens must start at 0, got {cs[0].item()}")
+    if not bool((cs[1:] > cs[:-1]).all()):
+        raise ValueError(f"cu_seqlens must be strictly increasing, got {cs.tolist()}")
+    if cs[-1].item() != T:
+        raise ValueError(f"cu_seqlens must end at T={T}, got {cs[-1].item()}")
+    return cs
+
+
+def _check_scale(scale, K: int) -> float:
+    if scale is None:
+        return K**-0.5
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise TypeError(f"scale must be a float or None, got {type(scale).__name__}")
+    if not math.isfinite(scale) or scale <= 0:
+        raise ValueError(f"scale must be finite and > 0, got {scale}")
+    return float(scale)
+
+
+def validate_call(
+    q,
+    k,
+    v,
+    scale=None,
+    initial_state=None,
+    output_final_state=False,
+    cu_seqlens=None,
+    g_gamma=None,
+    quant=None,
+) -> RetentionCall:
+    """Check every argument of a retention op; raise ``TypeError``/``ValueError`` naming it."""
+    _check_tensor(q, "q", "[B, T, H, K]")
+    _check_tensor(k, "k", "[B, T, H, K]")
+    _check_tensor(v, "v", "[B, T, H, V]")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+    B, T, H, K = q.shape
+    if k.shape != q.shape:
+        raise ValueError(f"k must have q's shape [B, T, H, K]={list(q.shape)}, got {list(k.shape)}")
+    if tuple(v.shape[:3]) != (B, T, H):
+        raise ValueError(f"v must have shape [B, T, H, V] with B, T, H = {B}, {T}, {H}; got {list(v.shape)}")
+    if min(B, T, H, K, v.shape[3]) < 1:
+        raise ValueError(f"q, k, v must have non-empty dims, got q {list(q.shape)}, v {list(v.shape)}")
+    if not isinstance(output_final_state, bool):
+        raise TypeError(f"output_final_state must be a bool, got {output_final_state!r}")
+    cs = None if cu_seqlens is None else _check_cu_seqlens(cu_seqlens, B, T)
+    n_seq = B if cs is None else cs.numel() - 1
+    if initial_state is not None:
+        if not isinstance(initial_state, torch.Tensor) or not initial_state.is_floating_point():
+            raise TypeError("initial_state must be a floating torch.Tensor of shape [N, H, K, V]")
+        want = (n_seq, H, K, v.shape[3])
+        if tuple(initial_state.shape) != want:
+            raise ValueError(f"initial_state must have shape [N, H, K, V]={list(want)}, got {list(initial_state.shape)}")
+        if initial_state.device != q.device:
+            raise ValueError(f"initial_state must be on {q.device}, got {initial_state.device}")
+    cfg = resolve_quant(quant)
+    if cfg is not None:
+        for x, name in ((q, "q"), (k, "k"), (v, "v"), (initial_state, "initial_state")):
+            if x is not None:
+                _check_finite(x, name)
+    return RetentionCall(
+        q=q,
+        k=k,
+        v=v,
+        scale=_check_scale(scale, K),
+        g_gamma=resolve_g_gamma(g_gamma, H, device=q.device),
+        initial_state=initial_state,
+        output_final_state=output_final_state,
+        cu_seqlens=cs,
+        quant=cfg,
+    )
