@@ -1,6 +1,6 @@
 """Run every retention form (float and int8) on one shape; print error vs float64 and time.
 
-    python -m bench.demo [--B 2 --T 1024 --H 4 --K 64 --V 64 --threads N --repeats 3]
+python -m bench.demo [--B 2 --T 1024 --H 4 --K 64 --V 64 --threads N --repeats 3]
 """
 
 from __future__ import annotations
@@ -34,15 +34,19 @@ def main(argv=None):
     ap.add_argument("--V", type=int, default=64)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--backend", default=None, help="auto/reference/cpu/triton (default: RETQUANT_BACKEND or auto)")
+    ap.add_argument(
+        "--backend", default=None, help="auto/reference/cpu/triton (default: RETQUANT_BACKEND or auto)"
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     g = torch.Generator().manual_seed(0)
     q = torch.randn(args.B, args.T, args.H, args.K, generator=g)
     k = torch.randn(args.B, args.T, args.H, args.K, generator=g)
     v = torch.randn(args.B, args.T, args.H, args.V, generator=g)
-    print(f"shape B={args.B} T={args.T} H={args.H} K={args.K} V={args.V}; "
-          f"threads={torch.get_num_threads()}; median of {args.repeats}")
+    print(
+        f"shape B={args.B} T={args.T} H={args.H} K={args.K} V={args.V}; "
+        f"threads={torch.get_num_threads()}; median of {args.repeats}"
+    )
     ref, _ = chunk_retention(q.double(), k.double(), v.double(), backend="reference")
     rows = [
         ("parallel  float64", lambda: parallel_retention(q.double(), k.double(), v.double())[0]),
@@ -50,9 +54,18 @@ def main(argv=None):
         ("chunk     float64", lambda: chunk_retention(q.double(), k.double(), v.double())[0]),
     ]
     for preset in ("int16", "int8", "int8_smooth", "int4"):
-        rows.append((f"chunk     {preset}", lambda p=preset: chunk_retention(q, k, v, quant=p, backend=args.backend)[0]))
-    rows.append(("recurrent int8", lambda: fused_recurrent_retention(q, k, v, quant="int8", backend=args.backend)[0]))
-    rows.append(("parallel  int8", lambda: parallel_retention(q, k, v, quant="int8", backend=args.backend)[0]))
+        rows.append(
+            (
+                f"chunk     {preset}",
+                lambda p=preset: chunk_retention(q, k, v, quant=p, backend=args.backend)[0],
+            )
+        )
+    rows.append(
+        ("recurrent int8", lambda: fused_recurrent_retention(q, k, v, quant="int8", backend=args.backend)[0])
+    )
+    rows.append(
+        ("parallel  int8", lambda: parallel_retention(q, k, v, quant="int8", backend=args.backend)[0])
+    )
     print(f"{'form':<20} {'time [ms]':>10}  error vs float64 chunk")
     for name, fn in rows:
         out, t = _time(fn, args.repeats)

@@ -43,15 +43,10 @@ def resolve_g_gamma(g_gamma, num_heads: int, device=None) -> torch.Tensor:
     if not g_gamma.is_floating_point():
         raise TypeError(f"g_gamma must be a floating tensor (log gamma per head), got {g_gamma.dtype}")
     if g_gamma.shape != (num_heads,):
-        raise ValueError(
-            f"g_gamma must have shape [H]=[{num_heads}], got {list(g_gamma.shape)}"
-        )
+        raise ValueError(f"g_gamma must have shape [H]=[{num_heads}], got {list(g_gamma.shape)}")
     g = g_gamma.detach().to(device=device, dtype=torch.float64)
     if not bool(torch.isfinite(g).all()) or bool((g >= 0).any()):
-        raise ValueError(
-            "g_gamma = log(gamma) must be finite and < 0 (gamma in (0, 1)); "
-            f"got {g.tolist()}"
-        )
+        raise ValueError(f"g_gamma = log(gamma) must be finite and < 0 (gamma in (0, 1)); got {g.tolist()}")
     return g
 
 

@@ -30,8 +30,9 @@ def per_sequence(dense, call: RetentionCall):
     outs, finals = [], []
     for i, (s, e) in enumerate(zip(bounds[:-1], bounds[1:])):
         init = None if call.initial_state is None else call.initial_state[i : i + 1]
-        sub = replace(call, q=call.q[:, s:e], k=call.k[:, s:e], v=call.v[:, s:e],
-                      initial_state=init, cu_seqlens=None)
+        sub = replace(
+            call, q=call.q[:, s:e], k=call.k[:, s:e], v=call.v[:, s:e], initial_state=init, cu_seqlens=None
+        )
         o, f = dense(sub)
         outs.append(o)
         finals.append(f)
@@ -46,25 +47,37 @@ def _finish(call: RetentionCall, o, final):
 def _chunk_dense(call: RetentionCall):
     if call.quant is None:
         return naive_chunk_retention(call.q, call.k, call.v, call.g_gamma, call.scale, call.initial_state)
-    o, s, _ = int_chunk_retention(call.q, call.k, call.v, call.g_gamma, call.scale, call.quant,
-                                  call.initial_state)
+    o, s, _ = int_chunk_retention(
+        call.q, call.k, call.v, call.g_gamma, call.scale, call.quant, call.initial_state
+    )
     return o, s
 
 
 def _recurrent_dense(call: RetentionCall):
     if call.quant is None:
         return naive_recurrent_retention(call.q, call.k, call.v, call.g_gamma, call.scale, call.initial_state)
-    return int_recurrent_retention(call.q, call.k, call.v, call.g_gamma, call.scale, call.quant,
-                                   call.initial_state)
+    return int_recurrent_retention(
+        call.q, call.k, call.v, call.g_gamma, call.scale, call.quant, call.initial_state
+    )
 
 
 def _parallel_dense(call: RetentionCall):
     if call.quant is None:
-        o, s, _ = naive_parallel_retention(call.q, call.k, call.v, call.g_gamma, call.scale, call.initial_state)
+        o, s, _ = naive_parallel_retention(
+            call.q, call.k, call.v, call.g_gamma, call.scale, call.initial_state
+        )
         return o, s
     # The quantized parallel form is the integer algorithm with one chunk spanning the sequence.
-    o, s, _ = int_chunk_retention(call.q, call.k, call.v, call.g_gamma, call.scale, call.quant,
-                                  call.initial_state, chunk_size=call.q.shape[1])
+    o, s, _ = int_chunk_retention(
+        call.q,
+        call.k,
+        call.v,
+        call.g_gamma,
+        call.scale,
+        call.quant,
+        call.initial_state,
+        chunk_size=call.q.shape[1],
+    )
     return o, s
 
 

@@ -67,7 +67,9 @@ def select_impl(op: str, call: RetentionCall, backend: str | None) -> Impl:
     if name != "auto":
         reason = _why_not(name, op, call)
         if reason is not None:
-            raise RuntimeError(f"backend {name!r} was requested for {op}_retention but cannot run it: {reason}")
+            raise RuntimeError(
+                f"backend {name!r} was requested for {op}_retention but cannot run it: {reason}"
+            )
         return _REGISTRY[name].impls[op]
     if call.quant is not None:
         preferred = "triton" if call.q.device.type == "cuda" else "cpu"

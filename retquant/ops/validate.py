@@ -111,7 +111,9 @@ def validate_call(
             raise TypeError("initial_state must be a floating torch.Tensor of shape [N, H, K, V]")
         want = (n_seq, H, K, v.shape[3])
         if tuple(initial_state.shape) != want:
-            raise ValueError(f"initial_state must have shape [N, H, K, V]={list(want)}, got {list(initial_state.shape)}")
+            raise ValueError(
+                f"initial_state must have shape [N, H, K, V]={list(want)}, got {list(initial_state.shape)}"
+            )
         if initial_state.device != q.device:
             raise ValueError(f"initial_state must be on {q.device}, got {initial_state.device}")
     cfg = resolve_quant(quant)

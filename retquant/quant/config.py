@@ -82,8 +82,11 @@ class RetentionQuantConfig:
     def uniform(cls, bits: int, smooth_k: bool = False) -> RetentionQuantConfig:
         """All operands at ``bits``, each with its natural granularity."""
         base = cls()
-        specs = {f.name: replace(getattr(base, f.name), bits=bits) for f in fields(cls)
-                 if f.name in ALLOWED_GRANULARITY}
+        specs = {
+            f.name: replace(getattr(base, f.name), bits=bits)
+            for f in fields(cls)
+            if f.name in ALLOWED_GRANULARITY
+        }
         return cls(**specs, smooth_k=smooth_k)
 
     def operand_specs(self) -> dict[str, QuantSpec]:

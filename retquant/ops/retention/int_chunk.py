@@ -30,11 +30,11 @@ import torch
 
 from retquant.constants import CHUNK_SIZE
 from retquant.decay import chunk_decay_tables
+from retquant.ops.retention.int_gemm import int_gemm
 from retquant.quant.config import RetentionQuantConfig
 from retquant.quant.primitives import centered, compute_qparams, quantize
 from retquant.quant.ranges import max_centered_magnitude
 from retquant.quant.spec import Granularity, QuantSpec
-from retquant.ops.retention.int_gemm import int_gemm
 
 # Dims of a [B, H, N, rows, cols] chunked tensor that share one scale, per granularity.
 _REDUCE_DIMS = {
@@ -191,8 +191,14 @@ def int_chunk_retention(
     tr = None
     if trace:
         tr = IntChunkTrace(
-            q_codes=Q.codes, k_codes=Kq.codes, v_codes=Vq.codes, acc_qk=acc_qk,
-            score_codes=Pq.codes, acc_pv=acc_pv, acc_qs=acc_qs, k_state_codes=Kd.codes,
+            q_codes=Q.codes,
+            k_codes=Kq.codes,
+            v_codes=Vq.codes,
+            acc_qk=acc_qk,
+            score_codes=Pq.codes,
+            acc_pv=acc_pv,
+            acc_qs=acc_qs,
+            k_state_codes=Kd.codes,
             acc_kv=acc_kv,
         )
     return o, S, tr
