@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from retquant.backends import select_impl
@@ -49,7 +51,7 @@ def fused_recurrent_retention(
     call = validate_call(q, k, v, scale, initial_state, output_final_state, cu_seqlens, g_gamma, quant)
     if reverse:
         fq, fk, fv = (_flip_sequences(x, call.cu_seqlens) for x in (call.q, call.k, call.v))
-        call = type(call)(**{**call.__dict__, "q": fq, "k": fk, "v": fv})
+        call = replace(call, q=fq, k=fk, v=fv)
     o, final = select_impl("fused_recurrent", call, backend)(call)
     if reverse:
         o = _flip_sequences(o, call.cu_seqlens)
