@@ -23,7 +23,13 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from retquant.kernels.quant_int8 import interpreted, quant_cols, quant_rows
+from retquant.kernels.quant_int8 import (
+    finish_output,
+    interpreted,
+    kernel_output,
+    quant_cols,
+    quant_rows,
+)
 
 from retquant.constants import CHUNK_SIZE
 from retquant.decay import chunk_decay_tables
@@ -248,12 +254,13 @@ def chunk_retention_fwd(
         "acc_qs": torch.empty(nc, H, chunk_size, V, **i32),
         "acc_kv": torch.empty(nc, H, K, V, **i32),
     }
+    kout = kernel_output(out)
     dummy = torch.empty(1, dtype=torch.float32, device=dev)
     args = (
         q,
         k,
         v,
-        out,
+        kout,
         dummy if h0 is None else h0,
         final_out if output_final_state else dummy,
         cu,
@@ -290,4 +297,5 @@ def chunk_retention_fwd(
     else:
         grid = lambda m: (triton.cdiv(V, m["BV"]), N * H)  # noqa: E731
         _tuned_kernel[grid](*args, **meta)
+    finish_output(out, kout)
     return out, (final_out if output_final_state else None), (tr if trace else None)

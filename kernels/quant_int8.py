@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 
+import torch
 import triton
 import triton.language as tl
 
@@ -54,3 +55,21 @@ def quant_cols(x):
     s = int8_scale(tl.max(tl.abs(x), axis=0))
     sb, _ = tl.broadcast(s[None, :], x)
     return int8_codes(x, sb), s
+
+
+def kernel_output(out: torch.Tensor) -> torch.Tensor:
+    """The buffer the kernel stores its output into.
+
+    On a GPU the kernel casts fp32 -> bf16 with round-to-nearest-even (``fptrunc``), as torch
+    does. The interpreter's fp32 -> bf16 cast truncates instead, so under ``TRITON_INTERPRET``
+    a bf16 output is written as fp32 and rounded by torch in :func:`finish_output`.
+    """
+    if interpreted() and out.dtype == torch.bfloat16:
+        return torch.empty(out.shape, dtype=torch.float32, device=out.device)
+    return out
+
+
+def finish_output(out: torch.Tensor, kout: torch.Tensor) -> None:
+    """Copy the kernel's buffer into ``out`` when :func:`kernel_output` substituted one."""
+    if kout is not out:
+        out.copy_(kout)

@@ -14,7 +14,13 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from retquant.kernels.quant_int8 import int8_codes, int8_scale, quant_cols
+from retquant.kernels.quant_int8 import (
+    finish_output,
+    int8_codes,
+    int8_scale,
+    kernel_output,
+    quant_cols,
+)
 
 
 @triton.jit
@@ -125,12 +131,13 @@ def recurrent_retention_fwd(
     if output_final_state and final_out is None:
         final_out = torch.empty(N, H, K, V, dtype=torch.float32, device=dev)
     h0 = None if initial_state is None else initial_state.to(torch.float32).contiguous()
+    kout = kernel_output(out)
     dummy = torch.empty(1, dtype=torch.float32, device=dev)
     recurrent_retention_step_kernel[(N * H,)](
         q,
         k,
         v,
-        out,
+        kout,
         dummy if h0 is None else h0,
         final_out if output_final_state else dummy,
         cu,
@@ -146,4 +153,5 @@ def recurrent_retention_fwd(
         num_warps=4,
         enable_fp_fusion=False,
     )
+    finish_output(out, kout)
     return out, (final_out if output_final_state else None)
