@@ -210,6 +210,7 @@ def chunk_retention_fwd(
     final_out: torch.Tensor | None = None,
     trace: bool = False,
     chunk_size: int = CHUNK_SIZE,
+    block_v: int | None = None,
 ):
     """Launch the kernel on ``[B, T, H, *]`` inputs (``B == 1`` with ``cu_seqlens``).
 
@@ -217,7 +218,11 @@ def chunk_retention_fwd(
     ``trace`` is ``None`` or a dict of int32 accumulators ``acc_qk [NC, H, C, C]``, ``acc_pv``,
     ``acc_qs [NC, H, C, V]``, ``acc_kv [NC, H, K, V]`` over the ``NC`` chunks of all sequences
     (sequence-major). ``out``/``final_out`` are optional preallocated buffers the kernel fills.
+    ``block_v`` fixes the V block (a power of two >= 16) instead of the default (whole V in
+    the interpreter, autotuned on a GPU).
     """
+    if block_v is not None and (block_v < 16 or block_v & (block_v - 1)):
+        raise ValueError(f"block_v must be a power of two >= 16, got {block_v}")
     if q.dim() != 4 or k.shape != q.shape or v.dim() != 4 or v.shape[:3] != q.shape[:3]:
         raise ValueError(
             f"expected q, k [B, T, H, K] and v [B, T, H, V]; got {list(q.shape)}, "
@@ -291,8 +296,8 @@ def chunk_retention_fwd(
         "TRACE": trace,
         "enable_fp_fusion": False,
     }
-    if interpreted() or trace:
-        bv = _block(V) if interpreted() else min(_block(V), 64)
+    if block_v is not None or interpreted() or trace:
+        bv = block_v or (_block(V) if interpreted() else min(_block(V), 64))
         chunk_retention_fwd_kernel[(triton.cdiv(V, bv), N * H)](*args, BV=bv, **meta)
     else:
         grid = lambda m: (triton.cdiv(V, m["BV"]), N * H)  # noqa: E731

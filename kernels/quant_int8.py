@@ -11,18 +11,17 @@ which Triton guarantees (no fast-math) and the interpreter (numpy) does too.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
+from triton.runtime.interpreter import InterpretedFunction
 
 _RNE_MAGIC = 12582912.0  # 1.5 * 2**23
 
 
 def interpreted() -> bool:
-    """True when ``TRITON_INTERPRET=1`` was set when triton decorated the kernels."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    """True when the kernels were decorated under ``TRITON_INTERPRET=1`` (interpreter mode)."""
+    return isinstance(int8_scale, InterpretedFunction)
 
 
 @triton.jit
