@@ -86,7 +86,7 @@ def main(argv=None) -> None:
             "(the kernels are tested on the CPU with TRITON_INTERPRET=1, not timed)."
         )
     try:
-        from retquant.kernels.chunk_retention_fwd import chunk_retention_fwd
+        from retquant.kernels.chunk_retention import chunk_retention_fwd
     except ImportError as e:
         sys.exit(f"bench.gpu: triton is not installed ({e}); pip install -e '.[triton]'")
     try:

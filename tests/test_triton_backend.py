@@ -19,7 +19,7 @@ if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
 pytest.importorskip("triton", reason="triton is not installed (pip install -e '.[triton]')")
 
-from retquant.kernels.chunk_retention_fwd import chunk_retention_fwd  # noqa: E402
+from retquant.kernels.chunk_retention import chunk_retention_fwd  # noqa: E402
 from retquant.kernels.recurrent_retention_step import recurrent_retention_fwd  # noqa: E402
 
 from retquant.decay import default_g_gamma  # noqa: E402
@@ -50,14 +50,14 @@ def _spec_trace(tr, B, n, H):
     return {name: x.view(B, n, H, *x.shape[2:]).transpose(1, 2).long() for name, x in tr.items()}
 
 
-def _check_chunk_vs_spec(q, k, v, g, h0, block_v=None):
+def _check_chunk_vs_spec(q, k, v, g, h0, block_v=None, mode="split"):
     B, T, H, K = q.shape
     V = v.shape[-1]
     scale = K**-0.5
     out = _poisoned(B, T, H, V)
     fin = _poisoned(B, H, K, V)
     o, final, tr = chunk_retention_fwd(
-        q, k, v, g, scale, h0, True, out=out, final_out=fin, trace=True, block_v=block_v
+        q, k, v, g, scale, h0, True, out=out, final_out=fin, trace=True, block_v=block_v, mode=mode
     )
     ro, rfinal, rtr = int_chunk_retention(q, k, v, g, scale, CFG, h0, trace=True)
     assert o is out and final is fin
@@ -76,29 +76,35 @@ def _check_chunk_vs_spec(q, k, v, g, h0, block_v=None):
         (1, 192, 2, 16, 32, 16),  # three full chunks, V in two blocks
     ],
 )
-def test_chunk_kernel_matches_integer_spec(B, T, H, K, V, block_v):
+@pytest.mark.parametrize("mode", ["split", "fused"])
+def test_chunk_kernel_matches_integer_spec(B, T, H, K, V, block_v, mode):
     (q, k, v), h0 = _inputs(B, T, H, K, V)
-    _check_chunk_vs_spec(q, k, v, default_g_gamma(H), h0, block_v)
+    _check_chunk_vs_spec(q, k, v, default_g_gamma(H), h0, block_v, mode)
 
 
-def test_chunk_kernel_guarded_decay_heads():
+@pytest.mark.parametrize("mode", ["split", "fused"])
+def test_chunk_kernel_guarded_decay_heads(mode):
     # gamma = e**-1 makes (C-1)|log2 gamma| > 24: that head takes the gamma**(a-b) table path.
     (q, k, v), h0 = _inputs(1, 130, 2, 16, 16, seed=1)
     g = torch.tensor([-1.0, -0.05], dtype=torch.float64)
-    _check_chunk_vs_spec(q, k, v, g, h0)
+    _check_chunk_vs_spec(q, k, v, g, h0, mode=mode)
 
 
-def test_chunk_kernel_without_initial_state():
+@pytest.mark.parametrize("mode", ["split", "fused"])
+def test_chunk_kernel_without_initial_state(mode):
     (q, k, v), _ = _inputs(1, 70, 2, 16, 16, seed=2)
-    _check_chunk_vs_spec(q, k, v, default_g_gamma(2), None)
+    _check_chunk_vs_spec(q, k, v, default_g_gamma(2), None, mode=mode)
 
 
-def test_chunk_kernel_varlen_three_sequences():
+@pytest.mark.parametrize("mode", ["split", "fused"])
+def test_chunk_kernel_varlen_three_sequences(mode):
     cu = torch.tensor([0, 40, 107, 171])
     (q, k, v), h0 = _inputs(1, 171, 2, 16, 32, seed=3, state_n=3)
     g = default_g_gamma(2)
     out = _poisoned(1, 171, 2, 32)
-    o, final, tr = chunk_retention_fwd(q, k, v, g, 0.25, h0, True, cu.to(DEV), out=out, trace=True)
+    o, final, tr = chunk_retention_fwd(
+        q, k, v, g, 0.25, h0, True, cu.to(DEV), out=out, trace=True, mode=mode
+    )
     chunk0 = 0
     for i, (s, e) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist(), strict=True)):
         ro, rf, rtr = int_chunk_retention(
@@ -201,6 +207,8 @@ def test_launcher_rejects_bad_arguments():
     g = default_g_gamma(1)
     with pytest.raises(ValueError, match="block_v"):
         chunk_retention_fwd(q, k, v, g, 0.25, block_v=24)
+    with pytest.raises(ValueError, match="mode"):
+        chunk_retention_fwd(q, k, v, g, 0.25, mode="tiled")
     with pytest.raises(ValueError, match="expected q, k"):
         chunk_retention_fwd(q, k[:, :4], v, g, 0.25)
     with pytest.raises(ValueError, match="expected q, k"):

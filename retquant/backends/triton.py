@@ -29,16 +29,16 @@ _MAX_DIM = 256  # K and V held whole in registers per program
 
 def _kernels():
     """Import the kernel modules (decorating them in the current TRITON_INTERPRET mode)."""
-    from retquant.kernels import chunk_retention_fwd, recurrent_retention_step
+    from retquant.kernels import chunk_retention, recurrent_retention_step
 
-    return chunk_retention_fwd, recurrent_retention_step
+    return chunk_retention, recurrent_retention_step
 
 
 def kernels_interpreted() -> bool:
     """Whether the loaded kernels run in the Triton interpreter (``TRITON_INTERPRET=1``)."""
     from triton.runtime.interpreter import InterpretedFunction
 
-    return isinstance(_kernels()[0].chunk_retention_fwd_kernel, InterpretedFunction)
+    return isinstance(_kernels()[1].recurrent_retention_step_kernel, InterpretedFunction)
 
 
 def _device_reason(device: torch.device) -> str | None:

@@ -1,4 +1,4 @@
-"""Quantized chunkwise retention forward (int8 operands, int32 accumulation): kernel + launcher.
+"""Single-pass quantized chunkwise retention forward (int8 GEMMs, int32 accumulation).
 
 Reproduces :func:`retquant.ops.retention.int_chunk.int_chunk_retention` (default int8 config)
 operation for operation. One program per (sequence, head, V block) walks the sequence's chunks
@@ -20,9 +20,9 @@ pass). The decay factors are the float32 tables of :func:`retquant.decay.chunk_d
 
 from __future__ import annotations
 
-import torch
 import triton
 import triton.language as tl
+from retquant.kernels.chunk_prep import ChunkLaunch, block
 from retquant.kernels.quant_int8 import (
     finish_output,
     interpreted,
@@ -31,12 +31,9 @@ from retquant.kernels.quant_int8 import (
     quant_rows,
 )
 
-from retquant.constants import CHUNK_SIZE
-from retquant.decay import chunk_decay_tables
-
 
 @triton.jit
-def chunk_retention_fwd_kernel(
+def chunk_retention_fused_kernel(
     q_ptr,
     k_ptr,
     v_ptr,
@@ -172,135 +169,57 @@ def _configs():
     ]
 
 
-_tuned_kernel = triton.autotune(configs=_configs(), key=["K", "V"])(chunk_retention_fwd_kernel)
+_tuned_kernel = triton.autotune(configs=_configs(), key=["K", "V"])(chunk_retention_fused_kernel)
 
 
-def _block(n: int) -> int:
-    return max(16, triton.next_power_of_2(n))
+def chunk_fused_launch(p: ChunkLaunch, block_v: int | None = None) -> None:
+    """Run the single-pass kernel on a prepared :class:`ChunkLaunch` (fills ``p.out`` etc.).
 
-
-def _decay_inputs(g_gamma, lengths, c, device):
-    """Full-chunk tables and, per sequence, the tables of its last (possibly short) chunk."""
-    g = g_gamma.to(device=device, dtype=torch.float64)
-    full = chunk_decay_tables(g, c, c)
-    by_len = {}
-    kdec_last, chunk_last = [], []
-    for n in lengths:
-        last = n - (-(-n // c) - 1) * c
-        if last not in by_len:
-            t = chunk_decay_tables(g, last, c)
-            kd = torch.zeros(g.numel(), c, dtype=torch.float32, device=device)
-            kd[:, :last] = t.kdec
-            by_len[last] = (kd, t.chunk)
-        kdec_last.append(by_len[last][0])
-        chunk_last.append(by_len[last][1])
-    return full, torch.stack(kdec_last).contiguous(), torch.stack(chunk_last).contiguous()
-
-
-def chunk_retention_fwd(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    g_gamma: torch.Tensor,
-    scale: float,
-    initial_state: torch.Tensor | None = None,
-    output_final_state: bool = False,
-    cu_seqlens: torch.Tensor | None = None,
-    out: torch.Tensor | None = None,
-    final_out: torch.Tensor | None = None,
-    trace: bool = False,
-    chunk_size: int = CHUNK_SIZE,
-    block_v: int | None = None,
-):
-    """Launch the kernel on ``[B, T, H, *]`` inputs (``B == 1`` with ``cu_seqlens``).
-
-    Returns ``(o in q's dtype [B, T, H, V], final fp32 [N, H, K, V] or None, trace)`` where
-    ``trace`` is ``None`` or a dict of int32 accumulators ``acc_qk [NC, H, C, C]``, ``acc_pv``,
-    ``acc_qs [NC, H, C, V]``, ``acc_kv [NC, H, K, V]`` over the ``NC`` chunks of all sequences
-    (sequence-major). ``out``/``final_out`` are optional preallocated buffers the kernel fills.
-    ``block_v`` fixes the V block (a power of two >= 16) instead of the default (whole V in
-    the interpreter, autotuned on a GPU).
+    ``block_v`` fixes the V block; by default the interpreter takes the whole V in one block
+    and a GPU autotunes it.
     """
-    if block_v is not None and (block_v < 16 or block_v & (block_v - 1)):
-        raise ValueError(f"block_v must be a power of two >= 16, got {block_v}")
-    if q.dim() != 4 or k.shape != q.shape or v.dim() != 4 or v.shape[:3] != q.shape[:3]:
-        raise ValueError(
-            f"expected q, k [B, T, H, K] and v [B, T, H, V]; got {list(q.shape)}, "
-            f"{list(k.shape)}, {list(v.shape)}"
-        )
-    B, T, H, K = q.shape
-    V = v.shape[-1]
-    dev = q.device
-    if cu_seqlens is None:
-        lengths = [T] * B
-    else:
-        if B != 1:
-            raise ValueError(f"with cu_seqlens the batch size must be 1, got B={B}")
-        bounds = cu_seqlens.tolist()
-        lengths = [e - s for s, e in zip(bounds[:-1], bounds[1:], strict=True)]
-    N = len(lengths)
-    cu = torch.tensor([0] + lengths, dtype=torch.int64).cumsum(0).to(device=dev, dtype=torch.int32)
-    nchunks = [-(-n // chunk_size) for n in lengths]
-    choff = torch.tensor([0] + nchunks[:-1], dtype=torch.int64).cumsum(0)
-    choff = choff.to(device=dev, dtype=torch.int32)
-    full, kdec_last, chunk_last = _decay_inputs(g_gamma, lengths, chunk_size, dev)
-
-    q, k, v = (x.contiguous() for x in (q, k, v))
-    if out is None:
-        out = torch.empty(B, T, H, V, dtype=q.dtype, device=dev)
-    if output_final_state and final_out is None:
-        final_out = torch.empty(N, H, K, V, dtype=torch.float32, device=dev)
-    h0 = None if initial_state is None else initial_state.to(torch.float32).contiguous()
-    nc = sum(nchunks) if trace else 1
-    i32 = {"dtype": torch.int32, "device": dev}
-    tr = {
-        "acc_qk": torch.empty(nc, H, chunk_size, chunk_size, **i32),
-        "acc_pv": torch.empty(nc, H, chunk_size, V, **i32),
-        "acc_qs": torch.empty(nc, H, chunk_size, V, **i32),
-        "acc_kv": torch.empty(nc, H, K, V, **i32),
-    }
-    kout = kernel_output(out)
-    dummy = torch.empty(1, dtype=torch.float32, device=dev)
+    kout = kernel_output(p.out)
+    tr = p.trace or {}
+    d = p.dummy
     args = (
-        q,
-        k,
-        v,
+        p.q,
+        p.k,
+        p.v,
         kout,
-        dummy if h0 is None else h0,
-        final_out if output_final_state else dummy,
-        cu,
-        choff,
-        full.row.contiguous(),
-        full.col.contiguous(),
-        full.mask.contiguous(),
-        full.inter.contiguous(),
-        full.kdec.contiguous(),
-        full.chunk.contiguous(),
-        full.fused.to(device=dev, dtype=torch.int32).contiguous(),
-        kdec_last,
-        chunk_last,
-        tr["acc_qk"],
-        tr["acc_pv"],
-        tr["acc_qs"],
-        tr["acc_kv"],
-        float(torch.tensor(scale, dtype=torch.float32)),
-        H,
-        K,
-        V,
+        d if p.h0 is None else p.h0,
+        d if p.final is None else p.final,
+        p.cu,
+        p.choff,
+        p.full.row.contiguous(),
+        p.full.col.contiguous(),
+        p.full.mask.contiguous(),
+        p.full.inter.contiguous(),
+        p.full.kdec.contiguous(),
+        p.full.chunk.contiguous(),
+        p.fused,
+        p.kdec_last,
+        p.chunk_last,
+        tr.get("acc_qk", d),
+        tr.get("acc_pv", d),
+        tr.get("acc_qs", d),
+        tr.get("acc_kv", d),
+        p.scale,
+        p.H,
+        p.K,
+        p.V,
     )
     meta = {
-        "C": chunk_size,
-        "BK": _block(K),
-        "USE_H0": h0 is not None,
-        "STORE_HT": output_final_state,
-        "TRACE": trace,
+        "C": p.C,
+        "BK": block(p.K),
+        "USE_H0": p.h0 is not None,
+        "STORE_HT": p.final is not None,
+        "TRACE": p.trace is not None,
         "enable_fp_fusion": False,
     }
-    if block_v is not None or interpreted() or trace:
-        bv = block_v or (_block(V) if interpreted() else min(_block(V), 64))
-        chunk_retention_fwd_kernel[(triton.cdiv(V, bv), N * H)](*args, BV=bv, **meta)
+    if block_v is not None or interpreted() or p.trace is not None:
+        bv = block_v or (block(p.V) if interpreted() else min(block(p.V), 64))
+        chunk_retention_fused_kernel[(triton.cdiv(p.V, bv), p.N * p.H)](*args, BV=bv, **meta)
     else:
-        grid = lambda m: (triton.cdiv(V, m["BV"]), N * H)  # noqa: E731
+        grid = lambda m: (triton.cdiv(p.V, m["BV"]), p.N * p.H)  # noqa: E731
         _tuned_kernel[grid](*args, **meta)
-    finish_output(out, kout)
-    return out, (final_out if output_final_state else None), (tr if trace else None)
+    finish_output(p.out, kout)
