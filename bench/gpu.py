@@ -4,7 +4,8 @@
 
 Times (median of CUDA-event repeats, after warm-up) at B=4, K=V=128:
 
-* ``retquant int8``: the Triton chunk kernel (bf16 in/out, int8 GEMMs, fused decay);
+* ``int8 split`` / ``int8 fused``: the Triton chunk forward (bf16 in/out, int8 GEMMs, fused
+  decay) as two passes (state pass + chunk-parallel output pass; the default) and as one pass;
 * ``fla bf16``: ``fla.ops.retention.chunk_retention`` when fla is importable;
 * ``torch bf16``: a plain PyTorch chunkwise implementation (:mod:`bench.torch_chunk`).
 
@@ -46,14 +47,14 @@ def _flops(B, T, H, K, V, c=CHUNK_SIZE) -> float:
     return float(B * H * T * (2 * c * (K + V) + 4 * K * V))
 
 
-def _check_against_spec(chunk_fwd) -> str:
+def _check_against_spec(chunk_fwd, mode: str) -> str:
     from retquant.ops.retention.int_chunk import int_chunk_retention
     from retquant.quant.config import RetentionQuantConfig
 
     g = torch.Generator(device="cuda").manual_seed(0)
     q, k, v = (torch.randn(2, 200, 2, 128, device="cuda", generator=g) for _ in range(3))
     gg = default_g_gamma(2, device="cuda")
-    o, f, tr = chunk_fwd(q, k, v, gg, 128**-0.5, None, True, trace=True)
+    o, f, tr = chunk_fwd(q, k, v, gg, 128**-0.5, None, True, trace=True, mode=mode)
     ro, rf, rtr = int_chunk_retention(q, k, v, gg, 128**-0.5, RetentionQuantConfig(), trace=True)
     n = -(-200 // CHUNK_SIZE)
     same = all(
@@ -63,7 +64,7 @@ def _check_against_spec(chunk_fwd) -> str:
         for name in ("acc_qk", "acc_pv", "acc_qs", "acc_kv")
     )
     return (
-        f"check vs integer spec: max|o - spec| = {(o - ro).abs().max().item():.3g}, "
+        f"{mode}: check vs integer spec: max|o - spec| = {(o - ro).abs().max().item():.3g}, "
         f"max|state - spec| = {(f - rf).abs().max().item():.3g}, "
         f"int32 accumulators identical: {same}"
     )
@@ -98,7 +99,8 @@ def main(argv=None) -> None:
         f"device: {torch.cuda.get_device_name()}; torch {torch.__version__}; "
         f"median of {args.repeats} CUDA-event timings"
     )
-    print(_check_against_spec(chunk_fwd=chunk_retention_fwd))
+    for mode in ("split", "fused"):
+        print(_check_against_spec(chunk_retention_fwd, mode))
     if fla_chunk is None:
         print("fla is not importable: its column is skipped")
     head = (
@@ -112,7 +114,7 @@ def main(argv=None) -> None:
 
 
 def _bench_shape(B, H, T, K, V, repeats, chunk_fwd, fla_chunk) -> None:
-    """Time every method on one shape and print one row each (gain = method ms / int8 ms)."""
+    """Time every method on one shape and print one row each (gain = method ms / split ms)."""
     gen = torch.Generator(device="cuda").manual_seed(T + H)
     kw = {"device": "cuda", "dtype": torch.bfloat16, "generator": gen}
     q = torch.randn(B, T, H, K, **kw)
@@ -120,7 +122,10 @@ def _bench_shape(B, H, T, K, V, repeats, chunk_fwd, fla_chunk) -> None:
     v = torch.randn(B, T, H, V, **kw)
     g_gamma = default_g_gamma(H, device="cuda")
     scale = K**-0.5
-    rows = [("retquant int8", lambda: chunk_fwd(q, k, v, g_gamma, scale))]
+    rows = [
+        ("int8 split", lambda: chunk_fwd(q, k, v, g_gamma, scale, mode="split")),
+        ("int8 fused", lambda: chunk_fwd(q, k, v, g_gamma, scale, mode="fused")),
+    ]
     if fla_chunk is not None:
         rows.append(("fla bf16", lambda: fla_chunk(q, k, v, scale=scale)))
     rows.append(("torch bf16", lambda: torch_chunk_retention(q, k, v, g_gamma, scale)))
