@@ -252,3 +252,22 @@ def test_cpu_tensors_without_interpreter_give_a_reason():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env
     )
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr
+
+
+def test_interpreter_flag_set_after_triton_import_gives_a_reason():
+    code = (
+        "import os; os.environ.pop('TRITON_INTERPRET', None)\n"
+        "import triton, torch\n"
+        "os.environ['TRITON_INTERPRET'] = '1'\n"
+        "from retquant.ops import chunk_retention\n"
+        "q = torch.randn(1, 8, 1, 16)\n"
+        "try:\n"
+        "    chunk_retention(q, q, q, quant='int8', backend='triton')\n"
+        "except RuntimeError as e:\n"
+        "    assert 'after triton was imported' in str(e), e\n"
+        "else:\n"
+        "    raise SystemExit('no error')\n"
+        "print('ok')\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "ok" in r.stdout, r.stderr

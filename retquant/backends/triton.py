@@ -1,14 +1,16 @@
 """The Triton backend: int8 chunkwise and recurrent retention kernels (``retquant.kernels``).
 
 Runs ``chunk`` and ``fused_recurrent`` with the default int8 configuration on CUDA tensors, or
-on CPU tensors through the Triton interpreter when ``TRITON_INTERPRET=1`` was set before the
-kernels were first loaded. Importing this module never fails: when triton is missing the import
-error becomes the ``unsupported`` reason, so ``auto`` warns once and runs the reference while
-``backend="triton"`` raises. The kernels are loaded on first use, not at ``import retquant``.
+on CPU tensors through the Triton interpreter when ``TRITON_INTERPRET=1`` is set before triton
+is imported. Importing this module never imports triton (so ``import retquant`` cannot fix the
+interpreter mode too early, and never fails): triton and the kernels are loaded on the first
+call that asks this backend; a missing triton becomes the ``unsupported`` reason, so ``auto``
+warns once and runs the reference while ``backend="triton"`` raises.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -16,53 +18,63 @@ import torch
 from retquant.backends.registry import Backend, register_backend
 from retquant.ops.validate import RetentionCall
 
-try:
-    import triton  # noqa: F401
-except ImportError as e:  # pragma: no cover - exercised only where triton is absent
-    _IMPORT_ERROR: str | None = f"triton is not installed ({e})"
-else:
-    _IMPORT_ERROR = None
-
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _MAX_DIM = 256  # K and V held whole in registers per program
 
 
+@functools.cache
+def _import_error() -> str | None:
+    """Import triton once; the reason it is unusable, or None."""
+    try:
+        import triton  # noqa: F401
+    except ImportError as e:
+        return f"triton is not installed ({e})"
+    return None
+
+
 def _kernels():
-    """Import the kernel modules (decorating them in the current TRITON_INTERPRET mode)."""
+    """Import the kernel modules (decorated in the interpreter mode triton was imported in)."""
     from retquant.kernels import chunk_retention, recurrent_retention_step
 
     return chunk_retention, recurrent_retention_step
 
 
-def kernels_interpreted() -> bool:
-    """Whether the loaded kernels run in the Triton interpreter (``TRITON_INTERPRET=1``)."""
+def _interpreter_mode() -> str:
+    """``"on"`` when triton and the kernels run interpreted, ``"off"`` when neither does, else
+    ``"mixed"`` (TRITON_INTERPRET changed after triton was imported: unusable on CPU)."""
+    import triton.language.standard as tl_standard
     from triton.runtime.interpreter import InterpretedFunction
 
-    return isinstance(_kernels()[1].recurrent_retention_step_kernel, InterpretedFunction)
+    lib = isinstance(tl_standard.cdiv, InterpretedFunction)
+    ker = isinstance(_kernels()[1].recurrent_retention_step_kernel, InterpretedFunction)
+    return "on" if lib and ker else "off" if not (lib or ker) else "mixed"
 
 
 def _device_reason(device: torch.device) -> str | None:
-    interp = kernels_interpreted()
+    mode = _interpreter_mode()
     if device.type == "cuda":
-        if interp or torch.cuda.is_available():
+        if mode == "on" or (mode == "off" and torch.cuda.is_available()):
             return None
-        return "CUDA is not available"
+        return "CUDA is not available" if mode == "off" else _LATE_ENV
     if device.type == "cpu":
-        if interp:
+        if mode == "on":
             return None
-        if os.environ.get("TRITON_INTERPRET", "0") == "1":
-            return (
-                "TRITON_INTERPRET=1 was set after the triton kernels were loaded; set it "
-                "before the first retention call (or before importing retquant)"
-            )
+        if mode == "mixed" or os.environ.get("TRITON_INTERPRET", "0") == "1":
+            return _LATE_ENV
         return "CPU tensors need the Triton interpreter: set TRITON_INTERPRET=1"
     return f"no Triton support for device type {device.type!r}"
 
 
+_LATE_ENV = (
+    "TRITON_INTERPRET=1 was set after triton was imported; set it before the first import of "
+    "triton (e.g. at the start of the process)"
+)
+
+
 def unsupported(op: str, call: RetentionCall) -> str | None:
     """``None`` when the Triton kernels can run ``op`` on ``call``, else the reason."""
-    if _IMPORT_ERROR is not None:
-        return _IMPORT_ERROR
+    if _import_error() is not None:
+        return _import_error()
     if op not in _IMPLS:
         return f"the triton backend implements {sorted(_IMPLS)} only, not {op!r}"
     if call.quant is None:
