@@ -139,12 +139,17 @@ def test_public_chunk_op_no_final_state():
     assert f is None and torch.equal(o, ro)
 
 
-@pytest.mark.parametrize("B, T, H, K, V", [(2, 1, 2, 32, 16), (1, 5, 3, 16, 40)])
-def test_recurrent_kernel_matches_integer_spec(B, T, H, K, V):
+@pytest.mark.parametrize(
+    "B, T, H, K, V, block_v",
+    [(2, 1, 2, 32, 16, None), (1, 5, 3, 16, 40, None), (1, 3, 2, 16, 40, 16)],
+)
+def test_recurrent_kernel_matches_integer_spec(B, T, H, K, V, block_v):
     (q, k, v), h0 = _inputs(B, T, H, K, V, seed=6)
     g = default_g_gamma(H)
     out, fin = _poisoned(B, T, H, V), _poisoned(B, H, K, V)
-    o, f = recurrent_retention_fwd(q, k, v, g, K**-0.5, h0, True, out=out, final_out=fin)
+    o, f = recurrent_retention_fwd(
+        q, k, v, g, K**-0.5, h0, True, out=out, final_out=fin, block_v=block_v
+    )
     ro, rf = int_recurrent_retention(q, k, v, g, K**-0.5, CFG, h0)
     assert o is out and f is fin
     assert torch.equal(o, ro)
