@@ -180,6 +180,16 @@ def test_public_recurrent_op_matches_reference_backend(dtype):
     assert torch.equal(o, ro) and torch.equal(f, rf)
 
 
+def test_public_recurrent_op_reverse_and_transposed_state():
+    (q, k, v), h0 = _inputs(2, 4, 2, 16, 32, seed=9)
+    h0t = h0.transpose(-1, -2).contiguous()  # [N, H, V, K]
+    kw = dict(initial_state=h0t, output_final_state=True, reverse=True, quant="int8")
+    kw["transpose_state_layout"] = True
+    o, f = fused_recurrent_retention(q, k, v, backend="triton", **kw)
+    ro, rf = fused_recurrent_retention(q, k, v, backend="reference", **kw)
+    assert torch.equal(o, ro) and torch.equal(f, rf)
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [

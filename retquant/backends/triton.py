@@ -89,10 +89,6 @@ def unsupported(op: str, call: RetentionCall) -> str | None:
     return _device_reason(call.q.device)
 
 
-def _cu(call: RetentionCall):
-    return None if call.cu_seqlens is None else call.cu_seqlens.to(call.q.device)
-
-
 def chunk(call: RetentionCall):
     """``chunk_retention`` on the int8 chunk kernel; returns ``(o, final or None)``."""
     o, final, _ = _kernels()[0].chunk_retention_fwd(
@@ -103,7 +99,7 @@ def chunk(call: RetentionCall):
         call.scale,
         call.initial_state,
         call.output_final_state,
-        _cu(call),
+        call.cu_seqlens,  # host int64: the launchers read the bounds on the host
     )
     return o, final
 
@@ -118,7 +114,7 @@ def fused_recurrent(call: RetentionCall):
         call.scale,
         call.initial_state,
         call.output_final_state,
-        _cu(call),
+        call.cu_seqlens,  # host int64: the launchers read the bounds on the host
     )
 
 
