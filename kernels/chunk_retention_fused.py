@@ -100,9 +100,9 @@ def chunk_retention_fused_kernel(
     for i in range(0, nt):
         t0 = bos + i * C
         mt = r < seq_len - i * C
-        qk_off = (t0 + r)[:, None] * (H * K) + i_h * K + rk[None, :]
+        qk_off = (t0 + r)[:, None].to(tl.int64) * (H * K) + i_h * K + rk[None, :]
         qk_mask = mt[:, None] & mk[None, :]
-        vo_off = (t0 + r)[:, None] * (H * V) + i_h * V + rv[None, :]
+        vo_off = (t0 + r)[:, None].to(tl.int64) * (H * V) + i_h * V + rv[None, :]
         vo_mask = mt[:, None] & mv[None, :]
         q = tl.load(q_ptr + qk_off, mask=qk_mask, other=0.0).to(tl.float32) * scale
         k = tl.load(k_ptr + qk_off, mask=qk_mask, other=0.0).to(tl.float32)

@@ -69,7 +69,7 @@ def recurrent_retention_step_kernel(
         S = tl.zeros([BK, BV], dtype=tl.float32)
 
     for t in range(0, seq_len):
-        tok = bos + t
+        tok = (bos + t).to(tl.int64)
         q = tl.load(q_ptr + tok * H * K + i_h * K + rk, mask=mk, other=0.0).to(tl.float32) * scale
         k = tl.load(k_ptr + tok * H * K + i_h * K + rk, mask=mk, other=0.0).to(tl.float32)
         v_all = tl.load(v_ptr + tok * H * V + i_h * V + rvf, mask=rvf < V, other=0.0)
