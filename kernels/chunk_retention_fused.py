@@ -161,9 +161,10 @@ def chunk_retention_fused_kernel(
 
 
 def _configs():
+    # BV=128 spills heavily on sm_90 at K=128 (see bench.compile_sm90).
     return [
         triton.Config({"BV": bv}, num_warps=w, num_stages=s)
-        for bv in (32, 64, 128)
+        for bv in (16, 32, 64)
         for w in (4, 8)
         for s in (1, 2)
     ]

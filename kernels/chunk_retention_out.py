@@ -112,12 +112,8 @@ def chunk_retention_out_kernel(
 
 
 def _configs():
-    return [
-        triton.Config({"BV": bv}, num_warps=w, num_stages=s)
-        for bv in (32, 64, 128)
-        for w in (4, 8)
-        for s in (1, 2, 3)
-    ]
+    # No loop, so num_stages does not matter; BV=128 spills heavily on sm_90 (bench.compile_sm90).
+    return [triton.Config({"BV": bv}, num_warps=w) for bv, w in ((32, 4), (32, 8), (64, 8))]
 
 
 _tuned_kernel = triton.autotune(configs=_configs(), key=["K", "V"])(chunk_retention_out_kernel)

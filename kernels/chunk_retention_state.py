@@ -102,10 +102,10 @@ def chunk_retention_state_kernel(
 
 
 def _configs():
+    # Configurations without register spills on sm_90 at K=128 (see bench.compile_sm90).
     return [
         triton.Config({"BV": bv}, num_warps=w, num_stages=s)
-        for bv in (16, 32, 64)
-        for w in (2, 4, 8)
+        for bv, w in ((16, 4), (32, 4), (32, 8), (64, 8))
         for s in (1, 2, 3)
     ]
 
