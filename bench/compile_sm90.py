@@ -5,7 +5,9 @@
 Triton compiles ahead of time for a named target with its bundled ``ptxas``, so this checks on
 any machine that every kernel lowers to a cubin (int8 ``tl.dot`` -> ``wgmma ... s32.s8.s8``)
 and prints registers and spill stack per configuration — what an autotune config costs before a
-GPU is at hand. Must run without ``TRITON_INTERPRET`` (interpreted kernels cannot be compiled).
+GPU is at hand — and, for the exactness contract, the count of correctly rounded divisions
+(``div.rn.f32``) and of fp32 FMAs (must be 0: the kernels launch with ``enable_fp_fusion=False``).
+Must run without ``TRITON_INTERPRET`` (interpreted kernels cannot be compiled).
 """
 
 from __future__ import annotations
@@ -80,11 +82,14 @@ def main(argv=None) -> None:
             target=target,
             options={"num_warps": warps, "num_stages": 2, "enable_fp_fusion": False},
         )
-        wgmma = len(re.findall(r"wgmma\.mma_async\S*s32\.s8\.s8", k.asm["ptx"]))
+        ptx = k.asm["ptx"]
+        wgmma = len(re.findall(r"wgmma\.mma_async\S*s32\.s8\.s8", ptx))
+        n_div = ptx.count("div.rn.f32")
+        n_fma = len(re.findall(r"fma\.rn\S*\.f32", ptx))
         shown = {n: v for n, v in consts.items() if n in ("BK", "BV")}
         print(
             f"{fn.__name__:<34} {shown} warps={warps}: sm_90 cubin ok, "
-            f"{wgmma} int8 wgmma, {_resources(k.asm['cubin'])}"
+            f"{wgmma} int8 wgmma, div.rn {n_div}, fma {n_fma}, {_resources(k.asm['cubin'])}"
         )
 
 

@@ -1,5 +1,6 @@
 """Every Triton kernel compiles for Hopper (sm_90) on this machine, GPU or not, and the chunk
-kernels' int8 ``tl.dot`` lowers to int8 ``wgmma`` (runs ``python -m bench.compile_sm90``)."""
+kernels' int8 ``tl.dot`` lowers to int8 ``wgmma``, with correctly rounded divisions and no FMA
+contraction in the PTX (runs ``python -m bench.compile_sm90``)."""
 
 from __future__ import annotations
 
@@ -27,3 +28,6 @@ def test_kernels_compile_for_sm90():
     for ln in lines:
         if ln.startswith("chunk_"):
             assert int(re.search(r"(\d+) int8 wgmma", ln).group(1)) > 0, ln
+        # exactness on the GPU: IEEE divisions for the quantizers, no FMA contraction
+        assert int(re.search(r"div\.rn (\d+)", ln).group(1)) > 0, ln
+        assert int(re.search(r"fma (\d+)", ln).group(1)) == 0, ln
