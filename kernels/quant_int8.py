@@ -1,5 +1,6 @@
-"""Device helpers shared by the Triton kernels: symmetric int8 quantization bit-exact with
-:mod:`retquant.quant.primitives` (default int8 spec), and the interpreter check.
+"""Helpers shared by the Triton kernels: symmetric int8 quantization bit-exact with
+:mod:`retquant.quant.primitives` (default int8 spec), the interpreter check, and the output
+buffer rule that keeps bf16 outputs correctly rounded under the interpreter.
 
     scale = amax / 127          one correctly rounded fp32 division (``tl.div_rn``); 1 if amax == 0
     code  = clamp(rne(x / scale), -127, 127)      correctly rounded division, round half to even
