@@ -5,7 +5,9 @@
 Times (median of CUDA-event repeats, after warm-up) at B=4, K=V=128:
 
 * ``int8 split`` / ``int8 fused``: the Triton chunk forward (bf16 in/out, int8 GEMMs, fused
-  decay) as two passes (state pass + chunk-parallel output pass; the default) and as one pass;
+  decay) as two passes (state pass + chunk-parallel output pass; the default) and as one pass,
+  each call including its host-side preparation (decay tables, offsets);
+* ``int8 split krn``: the two split kernels alone, on a launch prepared once (the kernel time);
 * ``fla bf16``: ``fla.ops.retention.chunk_retention`` when fla is importable;
 * ``torch bf16``: a plain PyTorch chunkwise implementation (:mod:`bench.torch_chunk`).
 
@@ -104,7 +106,7 @@ def main(argv=None) -> None:
         print(_check_against_spec(chunk_retention_fwd, mode))
     if fla_chunk is None:
         print("fla is not importable: its column is skipped")
-    head = f"{'B':>2} {'H':>3} {'T':>6} | {'method':<14} {'ms':>9} {'TFLOP/s-eq':>10} {'split gain':>10}"  # noqa: E501
+    head = f"{'B':>2} {'H':>3} {'T':>6} | {'method':<15} {'ms':>9} {'TFLOP/s-eq':>10} {'split gain':>10}"  # noqa: E501
     print(head)
     print("-" * len(head))
     for H in args.H:
@@ -114,6 +116,10 @@ def main(argv=None) -> None:
 
 def _bench_shape(B, H, T, K, V, repeats, chunk_fwd, fla_chunk) -> None:
     """Time every method on one shape and print one row each (gain = its ms / split ms)."""
+    from retquant.kernels.chunk_prep import prepare_chunk_launch
+    from retquant.kernels.chunk_retention_out import chunk_out_launch
+    from retquant.kernels.chunk_retention_state import chunk_state_launch
+
     gen = torch.Generator(device="cuda").manual_seed(T + H)
     kw = {"device": "cuda", "dtype": torch.bfloat16, "generator": gen}
     q = torch.randn(B, T, H, K, **kw)
@@ -121,8 +127,15 @@ def _bench_shape(B, H, T, K, V, repeats, chunk_fwd, fla_chunk) -> None:
     v = torch.randn(B, T, H, V, **kw)
     g_gamma = default_g_gamma(H, device="cuda")
     scale = K**-0.5
+    prepared = prepare_chunk_launch(q, k, v, g_gamma, scale, None, False, None, None, None,
+                                    False, CHUNK_SIZE)  # fmt: skip
+
+    def split_kernels():
+        chunk_out_launch(prepared, *chunk_state_launch(prepared))
+
     rows = [
         ("int8 split", lambda: chunk_fwd(q, k, v, g_gamma, scale, mode="split")),
+        ("int8 split krn", split_kernels),
         ("int8 fused", lambda: chunk_fwd(q, k, v, g_gamma, scale, mode="fused")),
     ]
     if fla_chunk is not None:
@@ -134,7 +147,7 @@ def _bench_shape(B, H, T, K, V, repeats, chunk_fwd, fla_chunk) -> None:
         ms = _cuda_time(fn, repeats)
         base = ms if base is None else base
         print(
-            f"{B:>2} {H:>3} {T:>6} | {name:<14} {ms:>9.3f} {flops / ms / 1e9:>10.2f} "
+            f"{B:>2} {H:>3} {T:>6} | {name:<15} {ms:>9.3f} {flops / ms / 1e9:>10.2f} "
             f"{ms / base:>9.2f}x"
         )
     torch.cuda.empty_cache()
