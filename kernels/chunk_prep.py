@@ -1,0 +1,157 @@
+"""Host-side preparation shared by the chunk kernels' launchers: argument checks, sequence and
+chunk offsets (dense or varlen), the decay tables, and the output/trace buffers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from retquant.decay import ChunkDecay, chunk_decay_tables
+
+
+@dataclass
+class ChunkLaunch:
+    """Everything a chunk kernel launch needs, on the inputs' device.
+
+    ``cu`` [N+1] token offsets, ``choff`` [N] first global chunk of each sequence, ``chunk_seq``
+    [NC] sequence of each global chunk; ``full`` the decay tables of a full chunk and
+    ``kdec_last`` [N, H, C] / ``chunk_last`` [N, H] those of each sequence's last chunk (taken
+    from :func:`chunk_decay_tables` at that chunk's length, exactly as the spec does).
+    """
+
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    H: int
+    K: int
+    V: int
+    N: int
+    NC: int
+    C: int
+    scale: float
+    cu: torch.Tensor
+    choff: torch.Tensor
+    chunk_seq: torch.Tensor
+    full: ChunkDecay
+    fused: torch.Tensor
+    kdec_last: torch.Tensor
+    chunk_last: torch.Tensor
+    h0: torch.Tensor | None
+    out: torch.Tensor
+    final: torch.Tensor | None
+    trace: dict | None
+    dummy: torch.Tensor
+
+
+def check_block_v(block_v) -> None:
+    """``block_v`` must be None or a power of two >= 16."""
+    if block_v is not None and (not isinstance(block_v, int) or block_v < 16 or block_v & (block_v - 1)):
+        raise ValueError(f"block_v must be a power of two >= 16, got {block_v!r}")
+
+
+def sequence_lengths(q, k, v, cu_seqlens) -> list[int]:
+    """Check the ``[B, T, H, *]`` shapes and return the length of every sequence."""
+    if q.dim() != 4 or k.shape != q.shape or v.dim() != 4 or v.shape[:3] != q.shape[:3]:
+        raise ValueError(
+            f"expected q, k [B, T, H, K] and v [B, T, H, V]; got {list(q.shape)}, "
+            f"{list(k.shape)}, {list(v.shape)}"
+        )
+    B, T = q.shape[:2]
+    if cu_seqlens is None:
+        return [T] * B
+    if B != 1:
+        raise ValueError(f"with cu_seqlens the batch size must be 1, got B={B}")
+    bounds = cu_seqlens.tolist()
+    return [e - s for s, e in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def _last_chunk_tables(g, lengths, c, device):
+    by_len = {}
+    kdec_last, chunk_last = [], []
+    for n in lengths:
+        last = n - (-(-n // c) - 1) * c
+        if last not in by_len:
+            t = chunk_decay_tables(g, last, c)
+            kd = torch.zeros(g.numel(), c, dtype=torch.float32, device=device)
+            kd[:, :last] = t.kdec
+            by_len[last] = (kd, t.chunk)
+        kdec_last.append(by_len[last][0])
+        chunk_last.append(by_len[last][1])
+    return torch.stack(kdec_last).contiguous(), torch.stack(chunk_last).contiguous()
+
+
+def prepare_chunk_launch(
+    q,
+    k,
+    v,
+    g_gamma,
+    scale,
+    initial_state,
+    output_final_state,
+    cu_seqlens,
+    out,
+    final_out,
+    trace,
+    chunk_size,
+) -> ChunkLaunch:
+    """Validate shapes, build offsets, tables and buffers for one chunk-kernel call."""
+    lengths = sequence_lengths(q, k, v, cu_seqlens)
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    dev = q.device
+    N = len(lengths)
+    c = chunk_size
+    i32 = {"dtype": torch.int32, "device": dev}
+    nchunks = [-(-n // c) for n in lengths]
+    cu = torch.tensor([0] + lengths, dtype=torch.int64).cumsum(0).to(**i32)
+    choff = torch.tensor([0] + nchunks[:-1], dtype=torch.int64).cumsum(0).to(**i32)
+    chunk_seq = torch.repeat_interleave(torch.arange(N), torch.tensor(nchunks)).to(**i32)
+    nc = sum(nchunks)
+    g = g_gamma.to(device=dev, dtype=torch.float64)
+    full = chunk_decay_tables(g, c, c)
+    kdec_last, chunk_last = _last_chunk_tables(g, lengths, c, dev)
+    if out is None:
+        out = torch.empty(B, T, H, V, dtype=q.dtype, device=dev)
+    if output_final_state and final_out is None:
+        final_out = torch.empty(N, H, K, V, dtype=torch.float32, device=dev)
+    tr = None
+    if trace:
+        tr = {
+            "acc_qk": torch.empty(nc, H, c, c, **i32),
+            "acc_pv": torch.empty(nc, H, c, V, **i32),
+            "acc_qs": torch.empty(nc, H, c, V, **i32),
+            "acc_kv": torch.empty(nc, H, K, V, **i32),
+        }
+    return ChunkLaunch(
+        q=q.contiguous(),
+        k=k.contiguous(),
+        v=v.contiguous(),
+        H=H,
+        K=K,
+        V=V,
+        N=N,
+        NC=nc,
+        C=c,
+        scale=float(torch.tensor(scale, dtype=torch.float32)),
+        cu=cu,
+        choff=choff,
+        chunk_seq=chunk_seq,
+        full=full,
+        fused=full.fused.to(**i32).contiguous(),
+        kdec_last=kdec_last,
+        chunk_last=chunk_last,
+        h0=None if initial_state is None else initial_state.to(torch.float32).contiguous(),
+        out=out,
+        final=final_out if output_final_state else None,
+        trace=tr,
+        dummy=torch.empty(1, dtype=torch.float32, device=dev),
+    )
+
+
+def block(n: int) -> int:
+    """Smallest power of two >= max(n, 16) (``tl.dot`` needs dims >= 16)."""
+    p = 16
+    while p < n:
+        p *= 2
+    return p

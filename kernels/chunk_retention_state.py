@@ -1,0 +1,156 @@
+"""Pass 1 of the split chunk forward: the state recurrence, emitting each chunk's quantized
+entering state ``S_{i-1}`` (int8 codes + fp32 per-column scales) for pass 2.
+
+One program per (sequence, head, V block) walks the chunks with ``S`` ``[K, BV]`` in fp32
+registers: it quantizes ``S`` per column of V (independent per V block) and stores codes and
+scales, then ``K~ = K * gamma**(L-1-j)`` per channel and V per channel (both independent per V
+block), ``K~^T V`` (int8 x int8 -> int32) and ``S = S * gamma**L + dS``. Only the cheap state
+product runs sequentially; every output product runs chunk-parallel in pass 2
+(:mod:`retquant.kernels.chunk_retention_out`), like fla's ``chunk_h`` / ``chunk_o`` split.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from retquant.kernels.chunk_prep import ChunkLaunch, block
+from retquant.kernels.quant_int8 import interpreted, quant_cols
+
+
+@triton.jit
+def chunk_retention_state_kernel(
+    k_ptr,
+    v_ptr,
+    sq_ptr,
+    ss_ptr,
+    h0_ptr,
+    ht_ptr,
+    cu_ptr,
+    choff_ptr,
+    kdec_ptr,
+    chunk_ptr,
+    kdec_last_ptr,
+    chunk_last_ptr,
+    tkv_ptr,
+    H,
+    K,
+    V,
+    C: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    USE_H0: tl.constexpr,
+    STORE_HT: tl.constexpr,
+    TRACE: tl.constexpr,
+):
+    """Grid ``(cdiv(V, BV), N * H)``; writes ``sq [NC, H, K, V]`` int8, ``ss [NC, H, V]``."""
+    i_v = tl.program_id(0)
+    i_nh = tl.program_id(1)
+    i_n = i_nh // H
+    i_h = i_nh % H
+    bos = tl.load(cu_ptr + i_n)
+    seq_len = tl.load(cu_ptr + i_n + 1) - bos
+    nt = tl.cdiv(seq_len, C)
+    ch0 = tl.load(choff_ptr + i_n)
+
+    r = tl.arange(0, C)
+    rk = tl.arange(0, BK)
+    rv = i_v * BV + tl.arange(0, BV)
+    mk = rk < K
+    mv = rv < V
+    s_off = rk[:, None] * V + rv[None, :]
+    s_mask = mk[:, None] & mv[None, :]
+    if USE_H0:
+        S = tl.load(h0_ptr + (i_n * H + i_h) * K * V + s_off, mask=s_mask, other=0.0)
+    else:
+        S = tl.zeros([BK, BV], dtype=tl.float32)
+
+    for i in range(0, nt):
+        base = (ch0 + i) * H + i_h
+        s_i8, s_s = quant_cols(S)
+        tl.store(sq_ptr + base.to(tl.int64) * K * V + s_off, s_i8, mask=s_mask)
+        tl.store(ss_ptr + base * V + rv, s_s, mask=mv)
+
+        t0 = bos + i * C
+        mt = r < seq_len - i * C
+        k = tl.load(
+            k_ptr + (t0 + r)[:, None].to(tl.int64) * (H * K) + i_h * K + rk[None, :],
+            mask=mt[:, None] & mk[None, :],
+            other=0.0,
+        ).to(tl.float32)
+        v = tl.load(
+            v_ptr + (t0 + r)[:, None].to(tl.int64) * (H * V) + i_h * V + rv[None, :],
+            mask=mt[:, None] & mv[None, :],
+            other=0.0,
+        ).to(tl.float32)
+        v_i8, s_v = quant_cols(v)
+        if i == nt - 1:
+            kdec = tl.load(kdec_last_ptr + (i_n * H + i_h) * C + r)
+            cdec = tl.load(chunk_last_ptr + i_n * H + i_h)
+        else:
+            kdec = tl.load(kdec_ptr + i_h * C + r)
+            cdec = tl.load(chunk_ptr + i_h)
+        kd_i8, s_kd = quant_cols(k * kdec[:, None])
+        acc_kv = tl.dot(tl.trans(kd_i8), v_i8, out_dtype=tl.int32)
+        d_s = (acc_kv.to(tl.float32) * s_kd[:, None]) * s_v[None, :]
+        S = S * cdec + d_s
+        if TRACE:
+            tl.store(tkv_ptr + base.to(tl.int64) * K * V + s_off, acc_kv, mask=s_mask)
+
+    if STORE_HT:
+        tl.store(ht_ptr + (i_n * H + i_h) * K * V + s_off, S, mask=s_mask)
+
+
+def _configs():
+    # Configurations without register spills on sm_90 at K=128 (see bench.compile_sm90).
+    return [
+        triton.Config({"BV": bv}, num_warps=w, num_stages=s)
+        for bv, w in ((16, 4), (32, 4), (32, 8), (64, 8))
+        for s in (1, 2, 3)
+    ]
+
+
+_tuned_kernel = triton.autotune(configs=_configs(), key=["K", "V"])(chunk_retention_state_kernel)
+
+
+def chunk_state_launch(p: ChunkLaunch, block_v: int | None = None):
+    """Run pass 1; returns ``(codes int8 [NC, H, K, V], scales fp32 [NC, H, V])`` of the state
+    entering every chunk, and fills ``p.final`` / ``p.trace['acc_kv']`` when requested."""
+    dev = p.q.device
+    s_codes = torch.empty(p.NC, p.H, p.K, p.V, dtype=torch.int8, device=dev)
+    s_scales = torch.empty(p.NC, p.H, p.V, dtype=torch.float32, device=dev)
+    d = p.dummy
+    args = (
+        p.k,
+        p.v,
+        s_codes,
+        s_scales,
+        d if p.h0 is None else p.h0,
+        d if p.final is None else p.final,
+        p.cu,
+        p.choff,
+        p.full.kdec.contiguous(),
+        p.full.chunk.contiguous(),
+        p.kdec_last,
+        p.chunk_last,
+        d if p.trace is None else p.trace["acc_kv"],
+        p.H,
+        p.K,
+        p.V,
+    )
+    meta = {
+        "C": p.C,
+        "BK": block(p.K),
+        "USE_H0": p.h0 is not None,
+        "STORE_HT": p.final is not None,
+        "TRACE": p.trace is not None,
+        "enable_fp_fusion": False,
+    }
+    if block_v is not None or interpreted() or p.trace is not None:
+        bv = block_v or (block(p.V) if interpreted() else min(block(p.V), 32))
+        chunk_retention_state_kernel[(triton.cdiv(p.V, bv), p.N * p.H)](*args, BV=bv, **meta)
+    else:
+        grid = lambda m: (triton.cdiv(p.V, m["BV"]), p.N * p.H)  # noqa: E731
+        _tuned_kernel[grid](*args, **meta)
+    return s_codes, s_scales
