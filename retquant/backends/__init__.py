@@ -1,6 +1,6 @@
 """Backends that run the retention ops; importing this package registers the available ones."""
 
-from retquant.backends import reference  # noqa: F401  (registers itself)
+from retquant.backends import cpu, reference  # noqa: F401  (each registers itself)
 from retquant.backends.registry import BACKEND_NAMES, ENV_VAR, register_backend, select_impl
 
 __all__ = ["BACKEND_NAMES", "ENV_VAR", "register_backend", "select_impl"]
