@@ -2,12 +2,10 @@
 //   scale = amax / 127 (one fp32 division; a zero or underflowed scale becomes 1)
 //   code  = clamp(round_half_even(x / scale), -127, 127)   (a true fp32 division per element)
 // Compiled with -ffp-contract=off and without -ffast-math, so each step rounds once.
-#pragma once
-
-#include <cmath>
-#include <cstdint>
-
-namespace retquant {
+//
+// No include guard, namespace or includes: it is included inside a namespace (per-ISA in
+// chunk_body.h)
+// (so each compiled copy gets its own inline functions); include <cmath> and <cstdint> first.
 
 constexpr float kQmax = 127.0f;
 
@@ -41,4 +39,3 @@ inline int8_t quant_s8(float x, float s) {
   return static_cast<int8_t>(quant_code(x, s));
 }
 
-}  // namespace retquant

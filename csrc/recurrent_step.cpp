@@ -11,9 +11,12 @@
 #include <vector>
 
 #include "chunk_retention.h"
-#include "quant.h"
+#include <cmath>
+#include <cstdint>
 
 namespace retquant {
+
+#include "quant.h"
 namespace {
 
 // Per-token quantization of n floats into int codes; returns the scale.

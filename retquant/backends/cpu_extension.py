@@ -26,6 +26,8 @@ ISA_CHOICES = ("auto", "portable", "vnni")
 SOURCES = (
     "ops.cpp",
     "chunk_retention.cpp",
+    "chunk_portable.cpp",
+    "chunk_avx512.cpp",
     "recurrent_step.cpp",
     "gemm_portable.cpp",
     "gemm_vnni.cpp",
@@ -85,8 +87,10 @@ def load_error() -> str | None:
                 _build()
                 _state["error"] = None
             except Exception as e:  # noqa: BLE001  (any build failure becomes the reason)
-                reason = f"the C++ CPU extension could not be built: {type(e).__name__}: {e}"
-                reason = reason.strip().splitlines()[0][:500]
+                lines = [ln for ln in str(e).splitlines() if ln.strip()] or [""]
+                cause = next((ln for ln in lines if "error" in ln.lower()), lines[0])
+                reason = f"the C++ CPU extension could not be built: {type(e).__name__}: {cause}"
+                reason = reason.strip()[:500]
                 warnings.warn(
                     f"retquant: {reason}; the PyTorch reference will run",
                     RuntimeWarning,
