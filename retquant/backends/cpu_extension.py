@@ -31,6 +31,7 @@ SOURCES = (
     "recurrent_step.cpp",
     "gemm_portable.cpp",
     "gemm_vnni.cpp",
+    "gemm_bench.cpp",
 )
 CFLAGS = ["-O3", "-std=c++17", "-fopenmp", "-ffp-contract=off", "-fno-fast-math"]
 
