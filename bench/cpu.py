@@ -303,11 +303,22 @@ def _decode(B, H, K, V, gg, scale, gen, R):
     out = torch.empty(B, H, V)
     bufs = [S0.clone(), torch.empty_like(S0)]
 
+    avx = cpu_extension.use_vnni()
+
     def op_steps():  # the registered op on preallocated buffers: kernel + dispatch only
         for t in range(steps):
             idx = torch.arange(B) * steps + t
             torch.ops.retquant.recurrent_fwd(
-                qf[idx], kf[idx], vf[idx], off, scale, gamma, bufs[t % 2], out, bufs[(t + 1) % 2]
+                qf[idx],
+                kf[idx],
+                vf[idx],
+                off,
+                scale,
+                gamma,
+                bufs[t % 2],
+                out,
+                bufs[(t + 1) % 2],
+                avx,
             )
 
     t_op = median_time(op_steps, R) / steps

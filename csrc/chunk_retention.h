@@ -47,6 +47,7 @@ struct RecurrentParams {
   const float* init;         // [N, H, K, V] or nullptr
   float* out;                // [T_total, H, V]
   float* final_state;        // [N, H, K, V]
+  bool use_avx512;           // AVX-512 build of the loop (only taken if CPUID has it)
 };
 
 void recurrent_retention_cpu(const RecurrentParams& p);

@@ -113,7 +113,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 
 void recurrent_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                    const at::Tensor& offsets, double scale, const at::Tensor& gamma,
-                   const c10::optional<at::Tensor>& init, at::Tensor out, at::Tensor final_state) {
+                   const c10::optional<at::Tensor>& init, at::Tensor out, at::Tensor final_state,
+                   bool use_avx512) {
   check_f32(q, "q", 3); check_f32(k, "k", 3); check_f32(v, "v", 3);
   const int64_t T = q.size(0), H = q.size(1), K = q.size(2), V = v.size(2);
   TORCH_CHECK(k.sizes() == q.sizes() && v.size(0) == T && v.size(1) == H, "q/k/v shapes differ");
@@ -138,6 +139,7 @@ void recurrent_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
     p.init = init->data_ptr<float>();
   }
   p.out = out.data_ptr<float>(); p.final_state = final_state.data_ptr<float>();
+  p.use_avx512 = use_avx512;
   recurrent_retention_cpu(p);
 }
 
@@ -157,7 +159,7 @@ TORCH_LIBRARY(retquant, m) {
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "recurrent_fwd(Tensor q, Tensor k, Tensor v, Tensor offsets, float scale, Tensor gamma, "
-      "Tensor? initial_state, Tensor(a!) out, Tensor(b!) final_state) -> ()");
+      "Tensor? initial_state, Tensor(a!) out, Tensor(b!) final_state, bool use_avx512) -> ()");
   m.def("has_vnni() -> bool");
 }
 

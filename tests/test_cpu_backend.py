@@ -104,7 +104,7 @@ def test_public_op_varlen_dtypes_noncontiguous(isa):
 
 
 @pytest.mark.parametrize("varlen", [False, True])
-def test_recurrent_matches_spec(varlen):
+def test_recurrent_matches_spec(varlen, isa):
     if varlen:
         q, k, v, _ = _inputs(1, 40, 3, 100, 64, seed=2)
         cu = torch.tensor([0, 3, 20, 40])
@@ -149,7 +149,16 @@ def test_outputs_fully_written(isa):
     out.fill_(float("nan"))
     fin.fill_(float("nan"))
     torch.ops.retquant.recurrent_fwd(
-        cpu._tokens(q), cpu._tokens(k), cpu._tokens(v), off, call.scale, gamma, None, out, fin
+        cpu._tokens(q),
+        cpu._tokens(k),
+        cpu._tokens(v),
+        off,
+        call.scale,
+        gamma,
+        None,
+        out,
+        fin,
+        isa == "vnni",
     )
     assert torch.isfinite(out).all() and torch.isfinite(fin).all()
 
@@ -174,6 +183,7 @@ def test_bad_inputs_raise_before_the_kernel():
             None,
             torch.empty(10, 2, 32),
             torch.empty(1, 2, 32, 32),
+            False,
         )
 
 

@@ -138,7 +138,8 @@ def recurrent_raw(call: RetentionCall):
     T, H, V = q.shape[0], q.shape[1], v.shape[2]
     out = torch.empty(T, H, V, dtype=torch.float32)
     final = torch.empty(offsets.numel() - 1, H, q.shape[2], V, dtype=torch.float32)
-    ops.recurrent_fwd(q, k, v, offsets, call.scale, gamma, _init(call), out, final)
+    avx512 = cpu_extension.use_vnni()
+    ops.recurrent_fwd(q, k, v, offsets, call.scale, gamma, _init(call), out, final, avx512)
     return out, final
 
 

@@ -29,6 +29,7 @@ SOURCES = (
     "chunk_portable.cpp",
     "chunk_avx512.cpp",
     "recurrent_step.cpp",
+    "recurrent_avx512.cpp",
     "gemm_portable.cpp",
     "gemm_vnni.cpp",
     "gemm_bench.cpp",
