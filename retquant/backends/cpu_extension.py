@@ -34,7 +34,7 @@ SOURCES = (
     "gemm_vnni.cpp",
     "gemm_bench.cpp",
 )
-CFLAGS = ["-O3", "-std=c++17", "-fopenmp", "-ffp-contract=off", "-fno-fast-math"]
+CFLAGS = ["-O3", "-g", "-std=c++17", "-fopenmp", "-ffp-contract=off", "-fno-fast-math"]
 
 _lock = threading.Lock()
 _state: dict[str, object] = {}
