@@ -5,7 +5,8 @@
 
 Reports, in one run on one machine: the int8 CPU kernel (public op and kernel alone); a
 plain-PyTorch fp32 and bf16 chunkwise retention (all chunks batched for the intra-chunk part
-and the state updates, one short loop for the state recurrence, then one batched Q S); a
+and the state updates, one short loop for the state recurrence, then one batched Q S), called
+on the whole batch and one (batch, head) at a time (cache-sized intermediates); a
 PyTorch int8 path on ``torch._int_mm``; the machine's int8 (``_int_mm``), fp32 and bf16 matmul
 rates on the kernel's four GEMM shapes; the kernel's own GEMM-stage rate; and the decode step
 against an fp32 decode step. Times are medians of ``--repeats`` runs; accuracy is relative L2
@@ -78,6 +79,19 @@ def torch_chunk_retention(q, k, v, g_gamma, scale):
         S = torch.addcmul(dS[:, :, i], S, gC)
     o += (qc * inter) @ states
     return o.reshape(B, H, n * C, V)[:, :, :T].transpose(1, 2)
+
+
+def torch_chunk_retention_blocked(q, k, v, g_gamma, scale):
+    """:func:`torch_chunk_retention` one (batch, head) at a time, so that its intermediates
+    (scores, per-chunk states) stay in cache: 2-2.5x faster than the all-batched call at
+    B=4, H=8, T=4096 on this machine."""
+    B, T, H, _ = q.shape
+    out = torch.empty(B, T, H, v.shape[-1], dtype=q.dtype)
+    for b in range(B):
+        for h in range(H):
+            sl = (slice(b, b + 1), slice(None), slice(h, h + 1))
+            out[sl] = torch_chunk_retention(q[sl], k[sl], v[sl], g_gamma[h : h + 1], scale)
+    return out
 
 
 def _q8(x: torch.Tensor, dim: int):
@@ -224,15 +238,24 @@ def main(argv=None):
         lambda: chunk_retention(q, k, v, g_gamma=gg, quant="int8", backend="cpu")[0],
     )
     run("int8 C++ kernel alone (no arg checks)", lambda: cpu.chunk_raw(call)[0].view(B, T, H, V))
-    run("fp32 PyTorch chunkwise", lambda: torch_chunk_retention(q, k, v, gg, scale))
     qb, kb, vb = q.bfloat16(), k.bfloat16(), v.bfloat16()
-    run("bf16 PyTorch chunkwise", lambda: torch_chunk_retention(qb, kb, vb, gg, scale))
+    run("fp32 PyTorch chunkwise, all batched", lambda: torch_chunk_retention(q, k, v, gg, scale))
+    run("bf16 PyTorch chunkwise, all batched", lambda: torch_chunk_retention(qb, kb, vb, gg, scale))
+    run(
+        "fp32 PyTorch chunkwise, per (b, h)",
+        lambda: torch_chunk_retention_blocked(q, k, v, gg, scale),
+    )
+    run(
+        "bf16 PyTorch chunkwise, per (b, h)",
+        lambda: torch_chunk_retention_blocked(qb, kb, vb, gg, scale),
+    )
     run("int8 PyTorch (torch._int_mm)", lambda: torch_int8_chunk_retention(q, k, v, gg, scale))
 
     print(f"{'chunkwise retention':50s} {'ms':>9s} {'GOP/s*':>8s} {'rel_l2':>10s} {'cosine':>10s}")
     for name, t, rate, rel, cos in rows:
         print(f"{name:50s} {t * 1e3:9.1f} {rate:8.1f} {rel:10.3e} {cos:10.7f}")
-    best_float = min(rows[2][1], rows[3][1])
+    best = min(rows[2:6], key=lambda r: r[1])
+    best_float = best[1]
     print(f"* GOP/s = the chunk algorithm's {gemm_ops / 1e9:.2f} GOP of products / time")
     print(
         f"speed-up of the int8 kernel (public op) over the best fp32/bf16 PyTorch: "
