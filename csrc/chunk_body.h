@@ -98,7 +98,7 @@ static inline bool scratch_init(Scratch& s, int C, int K, int V) {
   const int64_t K16 = round_up(K, 16), W = s.V16 > K16 ? s.V16 : K16;
   const int64_t f32 = 3LL * s.C4 * K16 + 4LL * s.C16 + 3 * W + s.K4 + s.C4 * s.C16 +
                       static_cast<int64_t>(K) * V + 64;
-  const int64_t u8 = 1LL * s.C4 * s.K4 + s.C4 * s.C4 + s.K4 * s.C4 + s.C4 * K16 +
+  const int64_t u8 = 1LL * s.C4 * s.K4 + s.C4 * s.C4 + s.C4 * K16 + s.C4 * K16 +
                      1LL * s.C16 * K16 + s.K4 * s.C16 + 2LL * s.C4 * s.V16 + 2LL * s.K4 * s.V16 + 64;
   const int64_t i32 = 2LL * W + s.C16 + s.C4 * s.C16 + 2LL * s.C4 * s.V16 + s.K4 * s.V16 + 64;
   const int64_t bytes = 4 * f32 + u8 + 4 * i32 + 64 * 32;
@@ -124,7 +124,7 @@ static inline bool scratch_init(Scratch& s, int C, int K, int V) {
   s.S = reinterpret_cast<float*>(take(4LL * K * V));
   s.qu8 = reinterpret_cast<uint8_t*>(take(s.C4 * s.K4));
   s.pu8 = reinterpret_cast<uint8_t*>(take(s.C4 * s.C4));
-  s.kdT = reinterpret_cast<uint8_t*>(take(s.K4 * s.C4));
+  s.kdT = reinterpret_cast<uint8_t*>(take(s.C4 * K16));
   s.kdu8 = reinterpret_cast<uint8_t*>(take(s.C4 * K16));
   s.kq = reinterpret_cast<int8_t*>(take(s.C16 * K16));
   s.kp = reinterpret_cast<int8_t*>(take(s.K4 * s.C16));
@@ -258,16 +258,22 @@ static void chunk_step(const ChunkParams& p, Scratch& s, int64_t t0, int L, int 
   }
   col_amax(s.kd, K, L, K, s.amax);
   for (int k = 0; k < K; ++k) s.skd[k] = scale_from_amax(s.amax[k]);
+  const int K16 = round_up(K, 16);
   for (int j = 0; j < L; ++j) {
     const float* dj = s.kd + j * K;
-    uint8_t* du = s.kdu8 + j * K;
+    uint8_t* du = s.kdu8 + j * K16;
     for (int k = 0; k < K; ++k) du[k] = static_cast<uint8_t>(quant_code(dj[k], s.skd[k]) + 128);
   }
-  for (int k = 0; k < K; ++k) {
-    uint8_t* dt = s.kdT + k * C4;
-    for (int j = 0; j < L; ++j) dt[j] = s.kdu8[j * K + k];
-  }
-  RQ_GEMM({s.kdT, C4, s.vp, V16, s.cs_v, s.acc_kv, V16, K, V, L4, false, false});
+  // Interleave groups of 4 token rows: A(k, j..j+3) adjacent, the layout a_packed reads.
+  // Rows [L, L4) hold stale codes; they meet zero rows of vp, so they add nothing.
+  const int8_t* kd8 = reinterpret_cast<const int8_t*>(s.kdu8);
+  int8_t* kdp = reinterpret_cast<int8_t*>(s.kdT);
+  for (int j = 0; j < L4; j += 4)
+    pack4(kd8 + j * K16, kd8 + (j + 1) * K16, kd8 + (j + 2) * K16, kd8 + (j + 3) * K16, K16,
+          kdp + j * K16);
+  GemmArgs kv{s.kdT, K16, s.vp, V16, s.cs_v, s.acc_kv, V16, K, V, L4, false, false};
+  kv.a_packed = true;
+  RQ_GEMM(kv);
   for (int k = 0; k < K; ++k) {
     const int32_t* acc = s.acc_kv + k * V16;
     float* Sk = s.S + k * V;

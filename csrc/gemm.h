@@ -29,7 +29,15 @@ struct GemmArgs {
   // Causal shortcuts for the intra-chunk products (rows are tokens):
   bool causal_cols = false;  // only columns n <= row are needed (Q K^T)
   bool causal_red = false;   // only reduction indices r <= row contribute (P V)
+  // A stored as [R/4][lda][4] (four reduction entries of one row adjacent) instead of row-major:
+  // lets K~^T V read the token-major codes after a 4-row interleave instead of a transpose.
+  bool a_packed = false;
 };
+
+// Address of A(m, r4 .. r4 + 3).
+inline const uint8_t* a_at(const GemmArgs& g, int m, int r4) {
+  return g.a_packed ? g.a + (r4 >> 2) * g.lda * 4 + m * 4 : g.a + m * g.lda + r4;
+}
 
 void gemm_portable(const GemmArgs& g);
 void gemm_vnni(const GemmArgs& g);

@@ -27,7 +27,6 @@ RQ_VNNI inline void tile(const GemmArgs& g, int m0, int n0, int r_end) {
   for (int j = 0; j < NB; ++j) run[j] = _mm512_setzero_si512();
   const bool partial = r_end < g.r;
   const __m512i bias = _mm512_set1_epi32(static_cast<int32_t>(0x80808080u));
-  const uint8_t* a = g.a + m0 * g.lda;
   for (int r4 = 0; r4 < r_end; r4 += 4) {
     const int8_t* b = g.b + (r4 / 4) * g.ldb * 4 + n0 * 4;
     __m512i bv[NB];
@@ -36,7 +35,7 @@ RQ_VNNI inline void tile(const GemmArgs& g, int m0, int n0, int r_end) {
       for (int j = 0; j < NB; ++j) run[j] = _mm512_dpbusd_epi32(run[j], bias, bv[j]);
     for (int i = 0; i < 4; ++i) {
       int32_t word;
-      __builtin_memcpy(&word, a + i * g.lda + r4, 4);
+      __builtin_memcpy(&word, a_at(g, m0 + i, r4), 4);
       const __m512i av = _mm512_set1_epi32(word);
       for (int j = 0; j < NB; ++j) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], av, bv[j]);
     }
