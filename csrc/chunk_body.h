@@ -297,28 +297,47 @@ static void chunk_step(const ChunkParams& p, Scratch& s, int64_t t0, int L, int 
   }
 }
 
-// Tasks [begin, end) of the (sequence, head) grid; returns false when scratch allocation fails.
+// Tasks [begin, end) of the (sequence, head group) grid: a task walks the chunks of one
+// sequence and, per chunk, every head of its group, so the rows it loads (all heads of a token
+// are adjacent in [T, H, D]) stream through memory instead of jumping H * D floats per token.
+// Returns false when scratch allocation fails.
 static bool run_tasks(const ChunkParams& p, int64_t begin, int64_t end) {
   Scratch s;
   if (!scratch_init(s, p.C, p.K, p.V)) return false;
+  const int G = p.heads_per_task;
+  const int groups = (p.H + G - 1) / G;
   const size_t kv = static_cast<size_t>(p.K) * p.V;
+  float* states = static_cast<float*>(std::malloc(kv * G * sizeof(float)));
+  if (states == nullptr) {
+    std::free(s.arena);
+    return false;
+  }
   for (int64_t task = begin; task < end; ++task) {
-    const int64_t n = task / p.H;
-    const int h = static_cast<int>(task % p.H);
-    if (p.init != nullptr) {
-      std::memcpy(s.S, p.init + (n * p.H + h) * kv, kv * sizeof(float));
-    } else {
-      std::memset(s.S, 0, kv * sizeof(float));
+    const int64_t n = task / groups;
+    const int h0 = static_cast<int>(task % groups) * G;
+    const int h1 = h0 + G < p.H ? h0 + G : p.H;
+    for (int h = h0; h < h1; ++h) {
+      float* S = states + (h - h0) * kv;
+      if (p.init != nullptr) {
+        std::memcpy(S, p.init + (n * p.H + h) * kv, kv * sizeof(float));
+      } else {
+        std::memset(S, 0, kv * sizeof(float));
+      }
     }
     const int64_t start = p.offsets[n], stop = p.offsets[n + 1];
     int64_t ci = 0;
     for (int64_t t0 = start; t0 < stop; t0 += p.C, ++ci) {
       const int L = static_cast<int>(stop - t0 < p.C ? stop - t0 : p.C);
-      const int64_t dbg = p.dbg_qk ? (n * p.H + h) * p.dbg_chunks + ci : -1;
-      chunk_step(p, s, t0, L, h, dbg);
+      for (int h = h0; h < h1; ++h) {
+        s.S = states + (h - h0) * kv;
+        const int64_t dbg = p.dbg_qk ? (n * p.H + h) * p.dbg_chunks + ci : -1;
+        chunk_step(p, s, t0, L, h, dbg);
+      }
     }
-    std::memcpy(p.final_state + (n * p.H + h) * kv, s.S, kv * sizeof(float));
+    for (int h = h0; h < h1; ++h)
+      std::memcpy(p.final_state + (n * p.H + h) * kv, states + (h - h0) * kv, kv * sizeof(float));
   }
+  std::free(states);
   std::free(s.arena);
   return true;
 }

@@ -25,6 +25,7 @@ struct ChunkParams {
   float* out;                // [T_total, H, V]
   float* final_state;        // [N, H, K, V]
   bool use_vnni;
+  int heads_per_task = 1;    // heads one task walks together (set by chunk_retention_cpu)
   // Optional integer accumulators (tests): [N, H, dbg_chunks, C, C|V] and [.., K, V].
   int32_t* dbg_qk = nullptr;
   int32_t* dbg_pv = nullptr;
