@@ -258,7 +258,7 @@ def main(argv=None):
     best_float = best[1]
     print(f"* GOP/s = the chunk algorithm's {gemm_ops / 1e9:.2f} GOP of products / time")
     print(
-        f"speed-up of the int8 kernel (public op) over the best fp32/bf16 PyTorch: "
+        f"speed-up of the int8 kernel (public op) over the best fp32/bf16 PyTorch ({best[0]}): "
         f"{best_float / rows[0][1]:.2f}x (kernel alone: {best_float / rows[1][1]:.2f}x)\n"
     )
 
