@@ -208,3 +208,35 @@ def test_isa_env_var(monkeypatch):
     monkeypatch.setenv(cpu_extension.ISA_ENV, "avx9000")
     with pytest.raises(ValueError, match="RETQUANT_CPU_ISA"):
         cpu_extension.use_vnni()
+
+
+_NO_COMPILER = """
+import warnings, torch, retquant.ops
+from retquant.ops import chunk_retention
+q = torch.randn(1, 10, 2, 16)
+with warnings.catch_warnings(record=True) as w:
+    warnings.simplefilter("always")
+    chunk_retention(q, q, q, quant="int8")
+    chunk_retention(q, q, q, quant="int8")
+assert len(w) == 1 and "no C++ compiler" in str(w[0].message), [str(x.message) for x in w]
+try:
+    chunk_retention(q, q, q, quant="int8", backend="cpu")
+except RuntimeError as e:
+    assert "no C++ compiler" in str(e)
+else:
+    raise AssertionError("backend='cpu' without a compiler must raise")
+print("ok")
+"""
+
+
+def test_missing_compiler_is_one_warning_then_reference(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, CXX=str(tmp_path / "no-such-c++"), TORCH_EXTENSIONS_DIR=str(tmp_path))
+    env.pop("RETQUANT_BACKEND", None)
+    r = subprocess.run(
+        [sys.executable, "-c", _NO_COMPILER], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 0 and "ok" in r.stdout, r.stderr

@@ -1,13 +1,15 @@
 """Build (once, JIT with ninja) and load the C++/OpenMP CPU extension; never raises on import.
 
-The sources ship in ``retquant._csrc``. :func:`load` compiles them with
+The sources ship in ``retquant._csrc``. :func:`load_error` compiles them with
 ``torch.utils.cpp_extension.load`` into a cached directory (``$TORCH_EXTENSIONS_DIR`` if set,
 else ``~/.cache/retquant/torch_extensions``) and registers the ``torch.ops.retquant.*`` ops. A
-missing compiler or a failed build gives one warning naming the cause; :func:`load_error` then
-returns that cause, which the ``cpu`` backend reports as its reason to decline.
+missing compiler or a failed build is not raised: :func:`load_error` returns the cause, which
+the ``cpu`` backend reports as its reason to decline (``auto`` then warns once with it and runs
+the reference; ``backend="cpu"`` raises it).
 
 Environment: ``RETQUANT_CPU_ISA`` = ``auto`` (default: AVX-512 VNNI when CPUID has it) or
-``portable`` (the plain C++ integer GEMM), read at each call.
+``portable`` (the baseline-ISA build with the plain C++ integer GEMM) or ``vnni`` (required),
+read at each call.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import os
 import shutil
 import sys
 import threading
-import warnings
 from importlib import resources
 
 import torch
@@ -92,13 +93,7 @@ def load_error() -> str | None:
                 lines = [ln for ln in str(e).splitlines() if ln.strip()] or [""]
                 cause = next((ln for ln in lines if "error" in ln.lower()), lines[0])
                 reason = f"the C++ CPU extension could not be built: {type(e).__name__}: {cause}"
-                reason = reason.strip()[:500]
-                warnings.warn(
-                    f"retquant: {reason}; the PyTorch reference will run",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-                _state["error"] = reason
+                _state["error"] = reason.strip()[:500]
         return _state["error"]  # type: ignore[return-value]
 
 
