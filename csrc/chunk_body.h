@@ -85,8 +85,9 @@ static inline void prefetch_row(const float* x, int n) {
 // Scratch laid out in one malloc'd arena, sized for (C, K, V).
 struct Scratch {
   int C, K, V, K4, V16, C4, C16;
-  float *qs, *kf, *kd, *sq, *sk, *sp, *sv, *sS, *skd, *amax, *P, *S;
-  uint8_t *qu8, *pu8, *kdT, *kdu8;
+  float *qs, *kd, *sq, *sk, *sp, *sv, *sS, *skd, *amax, *P;
+  float* S;  // the current head's carried state (owned by run_tasks)
+  uint8_t *qu8, *pu8, *kdp, *kdu8;  // kdp: K~ codes, 4 token rows interleaved
   int8_t *kq, *kp, *vq, *vp, *Sq, *Sp;
   int32_t *cs_k, *cs_v, *cs_s, *acc_qk, *acc_pv, *acc_qs, *acc_kv;
   void* arena;
@@ -96,12 +97,11 @@ static inline bool scratch_init(Scratch& s, int C, int K, int V) {
   s.C = C; s.K = K; s.V = V;
   s.K4 = round_up(K, 4); s.V16 = round_up(V, 16); s.C4 = round_up(C, 4); s.C16 = round_up(C, 16);
   const int64_t K16 = round_up(K, 16), W = s.V16 > K16 ? s.V16 : K16;
-  const int64_t f32 = 3LL * s.C4 * K16 + 4LL * s.C16 + 3 * W + s.K4 + s.C4 * s.C16 +
-                      static_cast<int64_t>(K) * V + 64;
+  const int64_t f32 = 2LL * s.C4 * K16 + 3LL * s.C16 + 4 * W + s.K4 + s.C4 * s.C16;
   const int64_t u8 = 1LL * s.C4 * s.K4 + s.C4 * s.C4 + s.C4 * K16 + s.C4 * K16 +
                      1LL * s.C16 * K16 + s.K4 * s.C16 + 2LL * s.C4 * s.V16 + 2LL * s.K4 * s.V16 + 64;
   const int64_t i32 = 2LL * W + s.C16 + s.C4 * s.C16 + 2LL * s.C4 * s.V16 + s.K4 * s.V16 + 64;
-  const int64_t bytes = 4 * f32 + u8 + 4 * i32 + 64 * 32;
+  const int64_t bytes = 4 * f32 + u8 + 4 * i32 + 64 * 32;  // + 64-byte rounding of each take
   s.arena = std::calloc(static_cast<size_t>(bytes), 1);
   if (s.arena == nullptr) return false;
   char* p = static_cast<char*>(s.arena);
@@ -111,7 +111,6 @@ static inline bool scratch_init(Scratch& s, int C, int K, int V) {
     return r;
   };
   s.qs = reinterpret_cast<float*>(take(4 * s.C4 * K16));
-  s.kf = reinterpret_cast<float*>(take(4 * s.C4 * K16));
   s.kd = reinterpret_cast<float*>(take(4 * s.C4 * K16));
   s.sq = reinterpret_cast<float*>(take(4 * s.C16));
   s.sk = reinterpret_cast<float*>(take(4 * s.C16));
@@ -121,10 +120,10 @@ static inline bool scratch_init(Scratch& s, int C, int K, int V) {
   s.skd = reinterpret_cast<float*>(take(4 * W));
   s.amax = reinterpret_cast<float*>(take(4 * (W + s.K4)));
   s.P = reinterpret_cast<float*>(take(4 * s.C4 * s.C16));
-  s.S = reinterpret_cast<float*>(take(4LL * K * V));
+  s.S = nullptr;
   s.qu8 = reinterpret_cast<uint8_t*>(take(s.C4 * s.K4));
   s.pu8 = reinterpret_cast<uint8_t*>(take(s.C4 * s.C4));
-  s.kdT = reinterpret_cast<uint8_t*>(take(s.C4 * K16));
+  s.kdp = reinterpret_cast<uint8_t*>(take(s.C4 * K16));
   s.kdu8 = reinterpret_cast<uint8_t*>(take(s.C4 * K16));
   s.kq = reinterpret_cast<int8_t*>(take(s.C16 * K16));
   s.kp = reinterpret_cast<int8_t*>(take(s.K4 * s.C16));
@@ -267,11 +266,11 @@ static void chunk_step(const ChunkParams& p, Scratch& s, int64_t t0, int L, int 
   // Interleave groups of 4 token rows: A(k, j..j+3) adjacent, the layout a_packed reads.
   // Rows [L, L4) hold stale codes; they meet zero rows of vp, so they add nothing.
   const int8_t* kd8 = reinterpret_cast<const int8_t*>(s.kdu8);
-  int8_t* kdp = reinterpret_cast<int8_t*>(s.kdT);
+  int8_t* kdp = reinterpret_cast<int8_t*>(s.kdp);
   for (int j = 0; j < L4; j += 4)
     pack4(kd8 + j * K16, kd8 + (j + 1) * K16, kd8 + (j + 2) * K16, kd8 + (j + 3) * K16, K16,
           kdp + j * K16);
-  GemmArgs kv{s.kdT, K16, s.vp, V16, s.cs_v, s.acc_kv, V16, K, V, L4, false, false};
+  GemmArgs kv{s.kdp, K16, s.vp, V16, s.cs_v, s.acc_kv, V16, K, V, L4, false, false};
   kv.a_packed = true;
   RQ_GEMM(kv);
   for (int k = 0; k < K; ++k) {

@@ -50,6 +50,8 @@ SHAPES = [
     (3, 70, 2, 32, 64, True, None),
     (1, 200, 1, 128, 100, True, None),
     (2, 5, 2, 128, 128, False, None),
+    (1, 130, 2, 17, 1000, True, None),  # K, V not multiples of 4 / 16, wide V
+    (1, 70, 1, 256, 8, False, None),
 ]
 
 
