@@ -15,7 +15,7 @@ from retquant.ops.retention.naive import (
     naive_parallel_retention,
     naive_recurrent_retention,
 )
-from retquant.ops.validate import RetentionCall
+from retquant.validate import RetentionCall
 
 
 def _state_dtype(call: RetentionCall) -> torch.dtype:

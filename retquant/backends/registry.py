@@ -12,7 +12,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from retquant.ops.validate import RetentionCall
+from retquant.validate import RetentionCall
 
 BACKEND_NAMES = ("auto", "reference", "cpu", "triton")
 ENV_VAR = "RETQUANT_BACKEND"

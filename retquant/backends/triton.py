@@ -16,7 +16,7 @@ import os
 import torch
 
 from retquant.backends.registry import Backend, register_backend
-from retquant.ops.validate import RetentionCall
+from retquant.validate import RetentionCall
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _MAX_DIM = 256  # K and V held whole in registers per program

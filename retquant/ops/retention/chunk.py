@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from retquant.backends import select_impl
-from retquant.ops.validate import validate_call
+from retquant.validate import validate_call
 
 
 def chunk_retention(

@@ -7,7 +7,7 @@ from dataclasses import replace
 import torch
 
 from retquant.backends import select_impl
-from retquant.ops.validate import validate_call
+from retquant.validate import validate_call
 
 
 def _flip_sequences(x: torch.Tensor, cu_seqlens) -> torch.Tensor:

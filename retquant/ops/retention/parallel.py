@@ -6,7 +6,7 @@ import torch
 
 from retquant.backends import select_impl
 from retquant.ops.retention.naive import naive_parallel_retention
-from retquant.ops.validate import validate_call
+from retquant.validate import validate_call
 
 
 def parallel_retention(

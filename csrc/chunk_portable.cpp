@@ -1,0 +1,20 @@
+// The chunk kernel body for the baseline ISA (any x86-64 / any CPU with SSE2-class intrinsics).
+#include <emmintrin.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+
+#include "chunk_retention.h"
+#include "gemm.h"
+
+#define RQ_BODY_NS portable
+#define RQ_GEMM gemm_portable
+#include "chunk_body.h"
+
+namespace retquant {
+bool chunk_tasks_portable(const ChunkParams& p, int64_t begin, int64_t end) {
+  return portable::run_tasks(p, begin, end);
+}
+}  // namespace retquant

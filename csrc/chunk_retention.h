@@ -1,0 +1,56 @@
+// Raw-pointer interface of the CPU retention kernels (the torch bindings live in ops.cpp).
+#pragma once
+
+#include <cstdint>
+
+namespace retquant {
+
+// All tensors float32 contiguous; tokens of every sequence are rows of [T_total, H, D].
+struct ChunkParams {
+  const float* q;            // [T_total, H, K] (unscaled)
+  const float* k;            // [T_total, H, K]
+  const float* v;            // [T_total, H, V]
+  const int64_t* offsets;    // [N + 1] token offsets of the sequences
+  int64_t N;                 // number of sequences
+  int H, K, V, C;            // heads, key dim, value dim, chunk size
+  float scale;               // multiplies q (float32, as the spec does)
+  const float* row;          // [H, C]    gamma^a
+  const float* col;          // [H, C]    gamma^-b
+  const float* mask;         // [H, C, C] gamma^(a-b), 0 above the diagonal
+  const float* inter;        // [H, C]    gamma^(a+1)
+  const float* kdec;         // [H, C+1, C] gamma^(L-1-j) for a chunk of length L
+  const float* chunk_decay;  // [H, C+1]  gamma^L
+  const uint8_t* fused;      // [H] fused-decay flag
+  const float* init;         // [N, H, K, V] or nullptr
+  float* out;                // [T_total, H, V]
+  float* final_state;        // [N, H, K, V]
+  bool use_vnni;
+  int heads_per_task = 1;    // heads one task walks together (set by chunk_retention_cpu)
+  // Optional integer accumulators (tests): [N, H, dbg_chunks, C, C|V] and [.., K, V].
+  int32_t* dbg_qk = nullptr;
+  int32_t* dbg_pv = nullptr;
+  int32_t* dbg_qs = nullptr;
+  int32_t* dbg_kv = nullptr;
+  int64_t dbg_chunks = 0;
+};
+
+void chunk_retention_cpu(const ChunkParams& p);
+
+struct RecurrentParams {
+  const float* q;            // [T_total, H, K]
+  const float* k;
+  const float* v;            // [T_total, H, V]
+  const int64_t* offsets;    // [N + 1]
+  int64_t N;
+  int H, K, V;
+  float scale;
+  const float* gamma;        // [H] float32 exp(g_gamma)
+  const float* init;         // [N, H, K, V] or nullptr
+  float* out;                // [T_total, H, V]
+  float* final_state;        // [N, H, K, V]
+  bool use_avx512;           // AVX-512 build of the loop (only taken if CPUID has it)
+};
+
+void recurrent_retention_cpu(const RecurrentParams& p);
+
+}  // namespace retquant

@@ -1,0 +1,48 @@
+// Exact int8 GEMM on the operand layout shared by both ISA paths.
+//
+//   C[m][n] = sum_{r < r_end(m)} (A[m][r] - 128) * B(r, n)        (int32, exact)
+//
+// A is row-major uint8 holding biased codes (code + 128), B is packed as [R/4][ldb][4] int8 so
+// that four consecutive reduction entries of one column are adjacent (the vpdpbusd layout), and
+// colsum[n] = sum_r B(r, n). The VNNI path computes sum (code+128)*b with vpdpbusd and subtracts
+// 128 * colsum; the portable path multiplies the centered codes directly. Both are exact.
+// Rows are processed in blocks of 4 (A and C must have rows up to a multiple of 4), columns in
+// blocks of 16 (ldb, ldc multiples of 16), the reduction in steps of 4 (zero padded in B).
+// colsum must cover the full reduction g.r; causal_red truncations are corrected internally.
+#pragma once
+
+#include <cstdint>
+
+namespace retquant {
+
+struct GemmArgs {
+  const uint8_t* a;      // [M4][lda] biased codes
+  int lda;
+  const int8_t* b;       // [R4/4][ldb][4]
+  int ldb;               // multiple of 16
+  const int32_t* colsum; // [ldb]
+  int32_t* c;            // [M4][ldc]
+  int ldc;
+  int m;                 // rows (rounded up to 4 internally)
+  int n;                 // columns (rounded up to 16 internally)
+  int r;                 // reduction length (multiple of 4)
+  // Causal shortcuts for the intra-chunk products (rows are tokens):
+  bool causal_cols = false;  // only columns n <= row are needed (Q K^T)
+  bool causal_red = false;   // only reduction indices r <= row contribute (P V)
+  // A stored as [R/4][lda][4] (four reduction entries of one row adjacent) instead of row-major:
+  // lets K~^T V read the token-major codes after a 4-row interleave instead of a transpose.
+  bool a_packed = false;
+};
+
+// Address of A(m, r4 .. r4 + 3).
+inline const uint8_t* a_at(const GemmArgs& g, int m, int r4) {
+  return g.a_packed ? g.a + (r4 >> 2) * g.lda * 4 + m * 4 : g.a + m * g.lda + r4;
+}
+
+void gemm_portable(const GemmArgs& g);
+void gemm_vnni(const GemmArgs& g);
+bool cpu_has_avx512_vnni();
+
+inline int round_up(int x, int m) { return (x + m - 1) / m * m; }
+
+}  // namespace retquant

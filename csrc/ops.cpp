@@ -1,0 +1,174 @@
+// Torch bindings: the retquant::* ops (TORCH_LIBRARY), argument checks, pointer plumbing.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <tuple>
+
+#include "chunk_retention.h"
+#include "gemm.h"
+
+namespace retquant {
+namespace {
+
+void check_f32(const at::Tensor& t, const char* name, int64_t dim) {
+  TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor");
+  TORCH_CHECK(t.scalar_type() == at::kFloat, name, " must be float32, got ", t.scalar_type());
+  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
+  TORCH_CHECK(t.dim() == dim, name, " must have rank ", dim, ", got ", t.dim());
+}
+
+void check_offsets(const at::Tensor& off, int64_t T) {
+  TORCH_CHECK(off.device().is_cpu() && off.scalar_type() == at::kLong && off.is_contiguous() &&
+                  off.dim() == 1 && off.numel() >= 2,
+              "offsets must be a contiguous int64 CPU tensor [N + 1]");
+  const int64_t* o = off.data_ptr<int64_t>();
+  TORCH_CHECK(o[0] == 0 && o[off.numel() - 1] == T, "offsets must run from 0 to T_total");
+  for (int64_t i = 1; i < off.numel(); ++i) TORCH_CHECK(o[i] > o[i - 1], "offsets must increase");
+}
+
+ChunkParams chunk_params(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                         const at::Tensor& offsets, double scale, const at::Tensor& row,
+                         const at::Tensor& col, const at::Tensor& mask, const at::Tensor& inter,
+                         const at::Tensor& kdec, const at::Tensor& chunk_decay,
+                         const at::Tensor& fused, const c10::optional<at::Tensor>& init,
+                         bool use_vnni, at::Tensor& out, at::Tensor& final_state) {
+  check_f32(q, "q", 3); check_f32(k, "k", 3); check_f32(v, "v", 3);
+  const int64_t T = q.size(0), H = q.size(1), K = q.size(2), V = v.size(2);
+  TORCH_CHECK(k.sizes() == q.sizes(), "k must have q's shape");
+  TORCH_CHECK(v.size(0) == T && v.size(1) == H, "v must be [T, H, V]");
+  check_offsets(offsets, T);
+  const int64_t N = offsets.numel() - 1;
+  check_f32(row, "row", 2);
+  const int64_t C = row.size(1);
+  TORCH_CHECK(row.size(0) == H && C >= 1 && C <= 1024, "row must be [H, C]");
+  check_f32(col, "col", 2); check_f32(inter, "inter", 2); check_f32(mask, "mask", 3);
+  check_f32(kdec, "kdec", 3); check_f32(chunk_decay, "chunk_decay", 2);
+  TORCH_CHECK(col.sizes() == row.sizes() && inter.sizes() == row.sizes(), "col/inter must be [H, C]");
+  TORCH_CHECK(mask.size(0) == H && mask.size(1) == C && mask.size(2) == C, "mask must be [H, C, C]");
+  TORCH_CHECK(kdec.size(0) == H && kdec.size(1) == C + 1 && kdec.size(2) == C, "kdec must be [H, C+1, C]");
+  TORCH_CHECK(chunk_decay.size(0) == H && chunk_decay.size(1) == C + 1, "chunk_decay must be [H, C+1]");
+  TORCH_CHECK(fused.scalar_type() == at::kByte && fused.is_contiguous() && fused.numel() == H,
+              "fused must be uint8 [H]");
+  check_f32(out, "out", 3);
+  TORCH_CHECK(out.size(0) == T && out.size(1) == H && out.size(2) == V, "out must be [T, H, V]");
+  check_f32(final_state, "final_state", 4);
+  TORCH_CHECK(final_state.size(0) == N && final_state.size(1) == H && final_state.size(2) == K &&
+                  final_state.size(3) == V, "final_state must be [N, H, K, V]");
+  const float* init_ptr = nullptr;
+  if (init.has_value()) {
+    check_f32(*init, "initial_state", 4);
+    TORCH_CHECK(init->sizes() == final_state.sizes(), "initial_state must be [N, H, K, V]");
+    init_ptr = init->data_ptr<float>();
+  }
+  TORCH_CHECK(!use_vnni || cpu_has_avx512_vnni(), "this CPU has no AVX-512 VNNI");
+  ChunkParams p{};
+  p.q = q.data_ptr<float>(); p.k = k.data_ptr<float>(); p.v = v.data_ptr<float>();
+  p.offsets = offsets.data_ptr<int64_t>(); p.N = N;
+  p.H = static_cast<int>(H); p.K = static_cast<int>(K); p.V = static_cast<int>(V);
+  p.C = static_cast<int>(C); p.scale = static_cast<float>(scale);
+  p.row = row.data_ptr<float>(); p.col = col.data_ptr<float>(); p.mask = mask.data_ptr<float>();
+  p.inter = inter.data_ptr<float>(); p.kdec = kdec.data_ptr<float>();
+  p.chunk_decay = chunk_decay.data_ptr<float>(); p.fused = fused.data_ptr<uint8_t>();
+  p.init = init_ptr; p.out = out.data_ptr<float>(); p.final_state = final_state.data_ptr<float>();
+  p.use_vnni = use_vnni;
+  return p;
+}
+
+void chunk_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+               const at::Tensor& offsets, double scale, const at::Tensor& row,
+               const at::Tensor& col, const at::Tensor& mask, const at::Tensor& inter,
+               const at::Tensor& kdec, const at::Tensor& chunk_decay, const at::Tensor& fused,
+               const c10::optional<at::Tensor>& init, bool use_vnni, at::Tensor out,
+               at::Tensor final_state) {
+  chunk_retention_cpu(chunk_params(q, k, v, offsets, scale, row, col, mask, inter, kdec,
+                                   chunk_decay, fused, init, use_vnni, out, final_state));
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> chunk_fwd_debug(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& offsets,
+    double scale, const at::Tensor& row, const at::Tensor& col, const at::Tensor& mask,
+    const at::Tensor& inter, const at::Tensor& kdec, const at::Tensor& chunk_decay,
+    const at::Tensor& fused, const c10::optional<at::Tensor>& init, bool use_vnni,
+    int64_t num_chunks) {
+  const int64_t T = q.size(0), H = q.size(1), K = q.size(2), V = v.size(2);
+  const int64_t N = offsets.numel() - 1, C = row.size(1);
+  at::Tensor out = at::full({T, H, V}, NAN, q.options());
+  at::Tensor fin = at::full({N, H, K, V}, NAN, q.options());
+  auto io = q.options().dtype(at::kInt);
+  at::Tensor qk = at::zeros({N, H, num_chunks, C, C}, io);
+  at::Tensor pv = at::zeros({N, H, num_chunks, C, V}, io);
+  at::Tensor qs = at::zeros({N, H, num_chunks, C, V}, io);
+  at::Tensor kv = at::zeros({N, H, num_chunks, K, V}, io);
+  ChunkParams p = chunk_params(q, k, v, offsets, scale, row, col, mask, inter, kdec, chunk_decay,
+                               fused, init, use_vnni, out, fin);
+  const int64_t* o = offsets.data_ptr<int64_t>();
+  for (int64_t i = 0; i < N; ++i)
+    TORCH_CHECK((o[i + 1] - o[i] + C - 1) / C <= num_chunks, "num_chunks too small");
+  p.dbg_qk = qk.data_ptr<int32_t>(); p.dbg_pv = pv.data_ptr<int32_t>();
+  p.dbg_qs = qs.data_ptr<int32_t>(); p.dbg_kv = kv.data_ptr<int32_t>();
+  p.dbg_chunks = num_chunks;
+  chunk_retention_cpu(p);
+  return {out, fin, qk, pv, qs, kv};
+}
+
+void recurrent_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                   const at::Tensor& offsets, double scale, const at::Tensor& gamma,
+                   const c10::optional<at::Tensor>& init, at::Tensor out, at::Tensor final_state,
+                   bool use_avx512) {
+  check_f32(q, "q", 3); check_f32(k, "k", 3); check_f32(v, "v", 3);
+  const int64_t T = q.size(0), H = q.size(1), K = q.size(2), V = v.size(2);
+  TORCH_CHECK(k.sizes() == q.sizes() && v.size(0) == T && v.size(1) == H, "q/k/v shapes differ");
+  check_offsets(offsets, T);
+  const int64_t N = offsets.numel() - 1;
+  check_f32(gamma, "gamma", 1);
+  TORCH_CHECK(gamma.size(0) == H, "gamma must be [H]");
+  check_f32(out, "out", 3);
+  TORCH_CHECK(out.size(0) == T && out.size(1) == H && out.size(2) == V, "out must be [T, H, V]");
+  check_f32(final_state, "final_state", 4);
+  TORCH_CHECK(final_state.size(0) == N && final_state.size(1) == H && final_state.size(2) == K &&
+                  final_state.size(3) == V, "final_state must be [N, H, K, V]");
+  RecurrentParams p{};
+  p.q = q.data_ptr<float>(); p.k = k.data_ptr<float>(); p.v = v.data_ptr<float>();
+  p.offsets = offsets.data_ptr<int64_t>(); p.N = N;
+  p.H = static_cast<int>(H); p.K = static_cast<int>(K); p.V = static_cast<int>(V);
+  p.scale = static_cast<float>(scale); p.gamma = gamma.data_ptr<float>();
+  p.init = nullptr;
+  if (init.has_value()) {
+    check_f32(*init, "initial_state", 4);
+    TORCH_CHECK(init->sizes() == final_state.sizes(), "initial_state must be [N, H, K, V]");
+    p.init = init->data_ptr<float>();
+  }
+  p.out = out.data_ptr<float>(); p.final_state = final_state.data_ptr<float>();
+  p.use_avx512 = use_avx512;
+  recurrent_retention_cpu(p);
+}
+
+bool has_vnni() { return cpu_has_avx512_vnni(); }
+
+}  // namespace
+
+TORCH_LIBRARY(retquant, m) {
+  m.def(
+      "chunk_fwd(Tensor q, Tensor k, Tensor v, Tensor offsets, float scale, Tensor row, "
+      "Tensor col, Tensor mask, Tensor inter, Tensor kdec, Tensor chunk_decay, Tensor fused, "
+      "Tensor? initial_state, bool use_vnni, Tensor(a!) out, Tensor(b!) final_state) -> ()");
+  m.def(
+      "chunk_fwd_debug(Tensor q, Tensor k, Tensor v, Tensor offsets, float scale, Tensor row, "
+      "Tensor col, Tensor mask, Tensor inter, Tensor kdec, Tensor chunk_decay, Tensor fused, "
+      "Tensor? initial_state, bool use_vnni, int num_chunks) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "recurrent_fwd(Tensor q, Tensor k, Tensor v, Tensor offsets, float scale, Tensor gamma, "
+      "Tensor? initial_state, Tensor(a!) out, Tensor(b!) final_state, bool use_avx512) -> ()");
+  m.def("has_vnni() -> bool");
+}
+
+TORCH_LIBRARY_IMPL(retquant, CPU, m) {
+  m.impl("chunk_fwd", &chunk_fwd);
+  m.impl("chunk_fwd_debug", &chunk_fwd_debug);
+  m.impl("recurrent_fwd", &recurrent_fwd);
+}
+
+TORCH_LIBRARY_IMPL(retquant, CompositeExplicitAutograd, m) { m.impl("has_vnni", &has_vnni); }
+
+}  // namespace retquant

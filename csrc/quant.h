@@ -1,0 +1,41 @@
+// Symmetric int8 quantization with the exact float32 arithmetic of retquant/quant/primitives.py:
+//   scale = amax / 127 (one fp32 division; a zero or underflowed scale becomes 1)
+//   code  = clamp(round_half_even(x / scale), -127, 127)   (a true fp32 division per element)
+// Compiled with -ffp-contract=off and without -ffast-math, so each step rounds once.
+//
+// No include guard, namespace or includes: it is included inside a namespace (per-ISA in
+// chunk_body.h)
+// (so each compiled copy gets its own inline functions); include <cmath> and <cstdint> first.
+
+constexpr float kQmax = 127.0f;
+
+// Scale of a group whose largest magnitude is `amax`.
+inline float scale_from_amax(float amax) {
+  float s = amax / kQmax;
+  return s > 0.0f ? s : 1.0f;
+}
+
+// Round-half-to-even of |t| < 2**22 by the exact IEEE "magic number" addition (default rounding
+// mode); vectorizes on any SSE2 CPU where std::nearbyint would be a libm call.
+inline float round_half_even(float t) {
+  constexpr float kMagic = 12582912.0f;  // 1.5 * 2**23
+  return (t + kMagic) - kMagic;
+}
+
+// Integer code of x / s, as an int (|code| <= 127). clamp(round(t)) == round(clamp(t)) because
+// the bounds are integers, and clamping first keeps |t| small for the rounding trick.
+inline int quant_code(float x, float s) {
+  float t = x / s;
+  t = t < -kQmax ? -kQmax : (t > kQmax ? kQmax : t);
+  return static_cast<int>(round_half_even(t));
+}
+
+// Biased (code + 128) byte: the unsigned operand of vpdpbusd.
+inline uint8_t quant_u8(float x, float s) {
+  return static_cast<uint8_t>(quant_code(x, s) + 128);
+}
+
+inline int8_t quant_s8(float x, float s) {
+  return static_cast<int8_t>(quant_code(x, s));
+}
+

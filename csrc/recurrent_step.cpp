@@ -1,0 +1,35 @@
+// Quantized recurrent retention (decode), per retquant/ops/retention/int_recurrent.py: the
+// (sequence, head) grid over torch's threads; the loop body is recurrent_body.h, compiled here
+// for the baseline ISA and in recurrent_avx512.cpp for AVX-512 (chosen through CPUID).
+#include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
+
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+
+#include "chunk_retention.h"
+#include "gemm.h"
+
+#define RQ_BODY_NS rec_portable
+#include "recurrent_body.h"
+#undef RQ_BODY_NS
+
+namespace retquant {
+
+bool recurrent_tasks_avx512(const RecurrentParams& p, int64_t begin, int64_t end);
+
+void recurrent_retention_cpu(const RecurrentParams& p) {
+  static const bool avx512 = cpu_has_avx512_vnni();
+  std::atomic<bool> ok{true};
+  at::parallel_for(0, p.N * p.H, 1, [&](int64_t begin, int64_t end) {
+    const bool r = (avx512 && p.use_avx512) ? recurrent_tasks_avx512(p, begin, end)
+                                            : rec_portable::run_tasks(p, begin, end);
+    if (!r) ok = false;
+  });
+  TORCH_CHECK(ok.load(), "retquant recurrent kernel: out of memory for its scratch buffers");
+}
+
+}  // namespace retquant

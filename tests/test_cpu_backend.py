@@ -1,0 +1,238 @@
+"""The C++/OpenMP CPU backend against the exact integer spec (bit for bit).
+
+Integer accumulators are compared exactly through the ``chunk_fwd_debug`` op; outputs and final
+states are compared with ``torch.equal`` (the kernels perform the spec's float32 operations in
+the spec's order, compiled without FMA contraction, so not even one ulp may differ). Skipped with
+the build error as reason when the extension cannot be built.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+import retquant.ops  # noqa: F401  (import order: ops before backends)
+from retquant.backends import cpu, cpu_extension
+from retquant.ops import chunk_retention, fused_recurrent_retention
+from retquant.ops.retention.int_chunk import int_chunk_retention
+from retquant.validate import validate_call
+
+_ERR = cpu_extension.load_error()
+pytestmark = pytest.mark.skipif(_ERR is not None, reason=f"CPU extension unavailable: {_ERR}")
+
+ISAS = ["portable", "vnni"]
+
+
+@pytest.fixture(params=ISAS)
+def isa(request, monkeypatch):
+    if request.param == "vnni" and not torch.ops.retquant.has_vnni():
+        pytest.skip("this CPU has no AVX-512 VNNI")
+    monkeypatch.setenv(cpu_extension.ISA_ENV, request.param)
+    return request.param
+
+
+def _inputs(B, T, H, K, V, seed=0, init=False, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, T, H, K, generator=g).to(dtype)
+    k = torch.randn(B, T, H, K, generator=g).to(dtype)
+    v = torch.randn(B, T, H, V, generator=g).to(dtype)
+    s = torch.randn(B, H, K, V, generator=g) if init else None
+    return q, k, v, s
+
+
+# (B, T, H, K, V, initial state, g_gamma or None): odd T, K != V, all of {32, 64, 100, 128},
+# and a head whose decay is too fast for the fused form (the guarded epilogue).
+SHAPES = [
+    (2, 150, 3, 100, 32, True, [-0.03, -0.5, -2.0]),
+    (1, 64, 2, 64, 128, False, None),
+    (3, 70, 2, 32, 64, True, None),
+    (1, 200, 1, 128, 100, True, None),
+    (2, 5, 2, 128, 128, False, None),
+    (1, 130, 2, 17, 1000, True, None),  # K, V not multiples of 4 / 16, wide V
+    (1, 70, 1, 256, 8, False, None),
+]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s[:5])))
+def test_chunk_matches_integer_spec(shape, isa):
+    B, T, H, K, V, init, gg = shape
+    q, k, v, s = _inputs(B, T, H, K, V, init=init)
+    gg = None if gg is None else torch.tensor(gg, dtype=torch.float64)
+    call = validate_call(q, k, v, initial_state=s, output_final_state=True, g_gamma=gg, quant="int8")
+    o_ref, s_ref, tr = int_chunk_retention(q, k, v, call.g_gamma, call.scale, call.quant, s, trace=True)
+    n = -(-T // 64)
+    o, fin, qk, pv, qs, kv = cpu.chunk_raw(call, debug_chunks=n)
+    assert torch.equal(o.view(B, T, H, V), o_ref)
+    assert torch.equal(fin, s_ref)
+    # integer accumulators: causal lower triangle of Q K^T, valid token rows of the rest
+    valid = (torch.arange(n * 64) < T).view(n, 64)
+    tri = torch.ones(64, 64, dtype=torch.bool).tril()
+    m_qk = tri & valid[:, :, None] & valid[:, None, :]
+    assert torch.equal(qk.long() * m_qk, tr.acc_qk * m_qk)
+    rows = valid[:, :, None]
+    assert torch.equal(pv.long() * rows, tr.acc_pv * rows)
+    assert torch.equal(qs.long() * rows, tr.acc_qs * rows)
+    assert torch.equal(kv.long(), tr.acc_kv)
+
+
+def test_public_op_varlen_dtypes_noncontiguous(isa):
+    lens = [70, 1, 130, 64]
+    T = sum(lens)
+    cu = torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist())
+    q, k, v, _ = _inputs(1, T, 2, 64, 96, seed=1)
+    s = torch.randn(len(lens), 2, 64, 96)
+    kw = dict(initial_state=s, output_final_state=True, cu_seqlens=cu, quant="int8")
+    o_ref, f_ref = chunk_retention(q, k, v, backend="reference", **kw)
+    o, f = chunk_retention(q, k, v, backend="cpu", **kw)
+    assert torch.equal(o, o_ref) and torch.equal(f, f_ref)
+    # non-contiguous views give the same numbers
+    qt = q.transpose(1, 2).contiguous().transpose(1, 2)
+    assert not qt.is_contiguous()
+    o2, _ = chunk_retention(qt, k, v, backend="cpu", **kw)
+    assert torch.equal(o2, o)
+    # half precisions: the kernel runs in float32; o comes back in q's dtype, state in float32
+    for dt in (torch.bfloat16, torch.float16):
+        qh, kh, vh = q.to(dt), k.to(dt), v.to(dt)
+        oh_ref, fh_ref = chunk_retention(qh, kh, vh, backend="reference", **kw)
+        oh, fh = chunk_retention(qh, kh, vh, backend="cpu", **kw)
+        assert oh.dtype == dt and fh.dtype == torch.float32
+        assert torch.equal(oh, oh_ref) and torch.equal(fh, fh_ref)
+
+
+@pytest.mark.parametrize("varlen", [False, True])
+def test_recurrent_matches_spec(varlen, isa):
+    if varlen:
+        q, k, v, _ = _inputs(1, 40, 3, 100, 64, seed=2)
+        cu = torch.tensor([0, 3, 20, 40])
+        s = torch.randn(3, 3, 100, 64)
+    else:
+        q, k, v, s = _inputs(2, 17, 3, 100, 64, seed=2, init=True)
+        cu = None
+    kw = dict(initial_state=s, output_final_state=True, cu_seqlens=cu, quant="int8")
+    o_ref, f_ref = fused_recurrent_retention(q, k, v, backend="reference", **kw)
+    o, f = fused_recurrent_retention(q, k, v, backend="cpu", **kw)
+    assert torch.equal(o, o_ref) and torch.equal(f, f_ref)
+
+
+def test_outputs_fully_written(isa):
+    """NaN-poisoned output buffers: every element must be overwritten by the kernel."""
+    q, k, v, _ = _inputs(2, 99, 2, 100, 72, seed=3)
+    call = validate_call(q, k, v, quant="int8")
+    t = cpu.decay_tables(call.g_gamma, {99 % 64})
+    off = torch.tensor([0, 99, 198])
+    out = torch.full((198, 2, 72), float("nan"))
+    fin = torch.full((2, 2, 100, 72), float("nan"))
+    torch.ops.retquant.chunk_fwd(
+        cpu._tokens(q),
+        cpu._tokens(k),
+        cpu._tokens(v),
+        off,
+        call.scale,
+        t["row"],
+        t["col"],
+        t["mask"],
+        t["inter"],
+        t["kdec"],
+        t["chunk"],
+        t["fused"],
+        None,
+        isa == "vnni",
+        out,
+        fin,
+    )
+    assert torch.isfinite(out).all() and torch.isfinite(fin).all()
+    gamma = torch.exp(call.g_gamma).float()
+    out.fill_(float("nan"))
+    fin.fill_(float("nan"))
+    torch.ops.retquant.recurrent_fwd(
+        cpu._tokens(q),
+        cpu._tokens(k),
+        cpu._tokens(v),
+        off,
+        call.scale,
+        gamma,
+        None,
+        out,
+        fin,
+        isa == "vnni",
+    )
+    assert torch.isfinite(out).all() and torch.isfinite(fin).all()
+
+
+def test_bad_inputs_raise_before_the_kernel():
+    q, k, v, _ = _inputs(1, 10, 2, 32, 32)
+    with pytest.raises(TypeError, match="torch.int32"):
+        chunk_retention(q.to(torch.int32), k, v, quant="int8", backend="cpu")
+    with pytest.raises(ValueError, match="initial_state"):
+        chunk_retention(q, k, v, initial_state=torch.zeros(1, 2, 32, 31), quant="int8", backend="cpu")
+    # the raw op checks too (no crash on a wrong dtype)
+    with pytest.raises(RuntimeError, match="float32"):
+        torch.ops.retquant.recurrent_fwd(
+            cpu._tokens(q).double(),
+            cpu._tokens(k),
+            cpu._tokens(v),
+            torch.tensor([0, 10]),
+            0.1,
+            torch.ones(2),
+            None,
+            torch.empty(10, 2, 32),
+            torch.empty(1, 2, 32, 32),
+            False,
+        )
+
+
+def test_unsupported_calls_have_reasons():
+    q, k, v, _ = _inputs(1, 10, 2, 32, 32)
+    with pytest.raises(RuntimeError, match="default int8"):
+        chunk_retention(q, k, v, quant="int4", backend="cpu")
+    with pytest.raises(RuntimeError, match="float64"):
+        chunk_retention(q.double(), k.double(), v.double(), quant="int8", backend="cpu")
+    with pytest.raises(RuntimeError, match="parallel"):
+        retquant.ops.parallel_retention(q, k, v, quant="int8", backend="cpu")
+    # auto prefers cpu for CPU tensors and runs it silently when supported
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        o, _ = chunk_retention(q, k, v, quant="int8")
+    assert torch.equal(o, chunk_retention(q, k, v, quant="int8", backend="cpu")[0])
+
+
+def test_isa_env_var(monkeypatch):
+    monkeypatch.setenv(cpu_extension.ISA_ENV, "portable")
+    assert cpu_extension.use_vnni() is False
+    monkeypatch.setenv(cpu_extension.ISA_ENV, "avx9000")
+    with pytest.raises(ValueError, match="RETQUANT_CPU_ISA"):
+        cpu_extension.use_vnni()
+
+
+_NO_COMPILER = """
+import warnings, torch, retquant.ops
+from retquant.ops import chunk_retention
+q = torch.randn(1, 10, 2, 16)
+with warnings.catch_warnings(record=True) as w:
+    warnings.simplefilter("always")
+    chunk_retention(q, q, q, quant="int8")
+    chunk_retention(q, q, q, quant="int8")
+assert len(w) == 1 and "no C++ compiler" in str(w[0].message), [str(x.message) for x in w]
+try:
+    chunk_retention(q, q, q, quant="int8", backend="cpu")
+except RuntimeError as e:
+    assert "no C++ compiler" in str(e)
+else:
+    raise AssertionError("backend='cpu' without a compiler must raise")
+print("ok")
+"""
+
+
+def test_missing_compiler_is_one_warning_then_reference(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, CXX=str(tmp_path / "no-such-c++"), TORCH_EXTENSIONS_DIR=str(tmp_path))
+    env.pop("RETQUANT_BACKEND", None)
+    r = subprocess.run(
+        [sys.executable, "-c", _NO_COMPILER], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 0 and "ok" in r.stdout, r.stderr
