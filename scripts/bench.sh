@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The main job: set up .venv, then run the demo/benchmark on its default shape.
+# The main job: set up .venv, then run the benchmark suite on its default shape (python -m bench).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/venv.sh
-exec .venv/bin/python -m bench.demo "$@"
+exec .venv/bin/python -m bench "$@"
