@@ -24,12 +24,12 @@ import triton
 import triton.language as tl
 
 from retquant.kernels.chunk_prep import ChunkLaunch, block
+from retquant.kernels.chunk_tile import decayed_scores, load_chunk_tiles
 from retquant.kernels.quant_int8 import (
     finish_output,
     interpreted,
     kernel_output,
     quant_cols,
-    quant_rows,
 )
 
 
@@ -84,12 +84,8 @@ def chunk_retention_fused_kernel(
     rv = i_v * BV + tl.arange(0, BV)
     mk = rk < K
     mv = rv < V
-    causal = r[:, None] >= r[None, :]
 
-    row = tl.load(row_ptr + i_h * C + r)
-    col = tl.load(col_ptr + i_h * C + r)
     inter = tl.load(inter_ptr + i_h * C + r)
-    fused = tl.load(fused_ptr + i_h)
 
     s_off = (i_n * H + i_h) * K * V + rk[:, None] * V + rv[None, :]
     s_mask = mk[:, None] & mv[None, :]
@@ -101,28 +97,14 @@ def chunk_retention_fused_kernel(
     for i in range(0, nt):
         t0 = bos + i * C
         mt = r < seq_len - i * C
-        qk_off = (t0 + r)[:, None].to(tl.int64) * (H * K) + i_h * K + rk[None, :]
-        qk_mask = mt[:, None] & mk[None, :]
-        vo_off = (t0 + r)[:, None].to(tl.int64) * (H * V) + i_h * V + rv[None, :]
-        vo_mask = mt[:, None] & mv[None, :]
-        q = tl.load(q_ptr + qk_off, mask=qk_mask, other=0.0).to(tl.float32) * scale
-        k = tl.load(k_ptr + qk_off, mask=qk_mask, other=0.0).to(tl.float32)
-        v = tl.load(v_ptr + vo_off, mask=vo_mask, other=0.0).to(tl.float32)
+        tok = (t0 + r)[:, None].to(tl.int64)
+        q_i8, s_q, k, k_i8, s_k, v_i8, s_v, vo_off, vo_mask = load_chunk_tiles(
+            q_ptr, k_ptr, v_ptr, tok, i_h, rk, rv, mt, mk, mv, scale, H, K, V
+        )
 
-        q_i8, s_q = quant_rows(q)
-        k_i8, s_k = quant_rows(k)
-        v_i8, s_v = quant_cols(v)
-
-        # Q K^T and the fused-decay epilogue
+        # Q K^T and the fused-decay epilogue, scores requantized per row
         acc = tl.dot(q_i8, tl.trans(k_i8), out_dtype=tl.int32)
-        accf = acc.to(tl.float32)
-        if fused != 0:
-            p = (accf * (s_q * row)[:, None]) * (s_k * col)[None, :]
-        else:
-            dmask = tl.load(mask_ptr + i_h * C * C + r[:, None] * C + r[None, :])
-            p = ((accf * s_q[:, None]) * s_k[None, :]) * dmask
-        p = tl.where(causal, p, 0.0)
-        p_i8, s_p = quant_rows(p)
+        p_i8, s_p = decayed_scores(acc, s_q, s_k, row_ptr, col_ptr, mask_ptr, fused_ptr, i_h, r, C)
 
         # intra-chunk output P V
         acc_pv = tl.dot(p_i8, v_i8, out_dtype=tl.int32)

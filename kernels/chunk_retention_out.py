@@ -14,12 +14,11 @@ import triton
 import triton.language as tl
 
 from retquant.kernels.chunk_prep import ChunkLaunch, block
+from retquant.kernels.chunk_tile import decayed_scores, load_chunk_tiles
 from retquant.kernels.quant_int8 import (
     finish_output,
     interpreted,
     kernel_output,
-    quant_cols,
-    quant_rows,
 )
 
 
@@ -68,28 +67,12 @@ def chunk_retention_out_kernel(
     mv = rv < V
     mt = r < seq_len - i * C
     tok = (t0 + r)[:, None].to(tl.int64)
-    qk_off = tok * (H * K) + i_h * K + rk[None, :]
-    qk_mask = mt[:, None] & mk[None, :]
-    vo_off = tok * (H * V) + i_h * V + rv[None, :]
-    vo_mask = mt[:, None] & mv[None, :]
-    q = tl.load(q_ptr + qk_off, mask=qk_mask, other=0.0).to(tl.float32) * scale
-    k = tl.load(k_ptr + qk_off, mask=qk_mask, other=0.0).to(tl.float32)
-    v = tl.load(v_ptr + vo_off, mask=vo_mask, other=0.0).to(tl.float32)
-    q_i8, s_q = quant_rows(q)
-    k_i8, s_k = quant_rows(k)
-    v_i8, s_v = quant_cols(v)
+    q_i8, s_q, k, k_i8, s_k, v_i8, s_v, vo_off, vo_mask = load_chunk_tiles(
+        q_ptr, k_ptr, v_ptr, tok, i_h, rk, rv, mt, mk, mv, scale, H, K, V
+    )
 
     acc = tl.dot(q_i8, tl.trans(k_i8), out_dtype=tl.int32)
-    accf = acc.to(tl.float32)
-    if tl.load(fused_ptr + i_h) != 0:
-        row = tl.load(row_ptr + i_h * C + r)
-        col = tl.load(col_ptr + i_h * C + r)
-        p = (accf * (s_q * row)[:, None]) * (s_k * col)[None, :]
-    else:
-        dmask = tl.load(mask_ptr + i_h * C * C + r[:, None] * C + r[None, :])
-        p = ((accf * s_q[:, None]) * s_k[None, :]) * dmask
-    p = tl.where(r[:, None] >= r[None, :], p, 0.0)
-    p_i8, s_p = quant_rows(p)
+    p_i8, s_p = decayed_scores(acc, s_q, s_k, row_ptr, col_ptr, mask_ptr, fused_ptr, i_h, r, C)
     acc_pv = tl.dot(p_i8, v_i8, out_dtype=tl.int32)
     o_intra = (acc_pv.to(tl.float32) * s_p[:, None]) * s_v[None, :]
 
