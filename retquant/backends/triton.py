@@ -89,9 +89,9 @@ def unsupported(op: str, call: RetentionCall) -> str | None:
     return _device_reason(call.q.device)
 
 
-def chunk(call: RetentionCall):
-    """``chunk_retention`` on the int8 chunk kernel; returns ``(o, final or None)``."""
-    o, final, _ = _kernels()[0].chunk_retention_fwd(
+def _launch_args(call: RetentionCall) -> tuple:
+    """The launchers' common positional arguments, in their order."""
+    return (
         call.q,
         call.k,
         call.v,
@@ -101,21 +101,17 @@ def chunk(call: RetentionCall):
         call.output_final_state,
         call.cu_seqlens,  # host int64: the launchers read the bounds on the host
     )
+
+
+def chunk(call: RetentionCall):
+    """``chunk_retention`` on the int8 chunk kernel; returns ``(o, final or None)``."""
+    o, final, _ = _kernels()[0].chunk_retention_fwd(*_launch_args(call))
     return o, final
 
 
 def fused_recurrent(call: RetentionCall):
     """``fused_recurrent_retention`` on the int8 decode kernel; returns ``(o, final or None)``."""
-    return _kernels()[1].recurrent_retention_fwd(
-        call.q,
-        call.k,
-        call.v,
-        call.g_gamma,
-        call.scale,
-        call.initial_state,
-        call.output_final_state,
-        call.cu_seqlens,  # host int64: the launchers read the bounds on the host
-    )
+    return _kernels()[1].recurrent_retention_fwd(*_launch_args(call))
 
 
 _IMPLS = {"chunk": chunk, "fused_recurrent": fused_recurrent}
