@@ -87,6 +87,7 @@ struct Scratch {
   int C, K, V, K4, V16, C4, C16;
   float *qs, *kd, *sq, *sk, *sp, *sv, *sS, *skd, *amax, *P;
   float* S;  // the current head's carried state (owned by run_tasks)
+  float* Samax;  // its per-column amax, kept current by the state update (owned by run_tasks)
   uint8_t *qu8, *pu8, *kdp, *kdu8;  // kdp: K~ codes, 4 token rows interleaved
   int8_t *kq, *kp, *vq, *vp, *Sq, *Sp;
   int32_t *cs_k, *cs_v, *cs_s, *acc_qk, *acc_pv, *acc_qs, *acc_kv;
@@ -121,6 +122,7 @@ static inline bool scratch_init(Scratch& s, int C, int K, int V) {
   s.amax = reinterpret_cast<float*>(take(4 * (W + s.K4)));
   s.P = reinterpret_cast<float*>(take(4 * s.C4 * s.C16));
   s.S = nullptr;
+  s.Samax = nullptr;
   s.qu8 = reinterpret_cast<uint8_t*>(take(s.C4 * s.K4));
   s.pu8 = reinterpret_cast<uint8_t*>(take(s.C4 * s.C4));
   s.kdp = reinterpret_cast<uint8_t*>(take(s.C4 * K16));
@@ -228,8 +230,7 @@ static void chunk_step(const ChunkParams& p, Scratch& s, int64_t t0, int L, int 
   RQ_GEMM({s.pu8, C4, s.vp, V16, s.cs_v, s.acc_pv, V16, L, V, L4, false, true});
 
   // --- S_{i-1} per column, O_inter = Q S ---------------------------------------------------
-  col_amax(s.S, V, K, V, s.amax);
-  for (int v = 0; v < V; ++v) s.sS[v] = scale_from_amax(s.amax[v]);
+  for (int v = 0; v < V; ++v) s.sS[v] = scale_from_amax(s.Samax[v]);
   quant_cols(s.S, V, K, V, s.sS, s.Sq, V16, s.cs_s);
   for (int k = 0; k < K4; k += 4)
     pack4(s.Sq + k * V16, s.Sq + (k + 1) * V16, s.Sq + (k + 2) * V16, s.Sq + (k + 3) * V16, V16,
@@ -273,13 +274,20 @@ static void chunk_step(const ChunkParams& p, Scratch& s, int64_t t0, int L, int 
   GemmArgs kv{s.kdp, K16, s.vp, V16, s.cs_v, s.acc_kv, V16, K, V, L4, false, false};
   kv.a_packed = true;
   RQ_GEMM(kv);
+  // The column amax of the new state (for the next chunk's Q S) is taken while it is written,
+  // row by row in the same order as col_amax, so S is read once per chunk.
+  float* Samax = s.Samax;
+  for (int v = 0; v < V; ++v) Samax[v] = 0.f;
   for (int k = 0; k < K; ++k) {
     const int32_t* acc = s.acc_kv + k * V16;
     float* Sk = s.S + k * V;
     const float sk = s.skd[k];
     for (int v = 0; v < V; ++v) {
       const float d = (static_cast<float>(acc[v]) * sk) * s.sv[v];
-      Sk[v] = Sk[v] * chunk_decay + d;
+      const float sn = Sk[v] * chunk_decay + d;
+      Sk[v] = sn;
+      const float a = std::fabs(sn);
+      Samax[v] = a > Samax[v] ? a : Samax[v];
     }
   }
 
@@ -306,7 +314,7 @@ static bool run_tasks(const ChunkParams& p, int64_t begin, int64_t end) {
   const int G = p.heads_per_task;
   const int groups = (p.H + G - 1) / G;
   const size_t kv = static_cast<size_t>(p.K) * p.V;
-  float* states = static_cast<float*>(std::malloc(kv * G * sizeof(float)));
+  float* states = static_cast<float*>(std::malloc((kv + p.V) * G * sizeof(float)));
   if (states == nullptr) {
     std::free(s.arena);
     return false;
@@ -322,6 +330,7 @@ static bool run_tasks(const ChunkParams& p, int64_t begin, int64_t end) {
       } else {
         std::memset(S, 0, kv * sizeof(float));
       }
+      col_amax(S, p.V, p.K, p.V, states + kv * G + (h - h0) * p.V);
     }
     const int64_t start = p.offsets[n], stop = p.offsets[n + 1];
     int64_t ci = 0;
@@ -329,6 +338,7 @@ static bool run_tasks(const ChunkParams& p, int64_t begin, int64_t end) {
       const int L = static_cast<int>(stop - t0 < p.C ? stop - t0 : p.C);
       for (int h = h0; h < h1; ++h) {
         s.S = states + (h - h0) * kv;
+        s.Samax = states + kv * G + (h - h0) * p.V;
         const int64_t dbg = p.dbg_qk ? (n * p.H + h) * p.dbg_chunks + ci : -1;
         chunk_step(p, s, t0, L, h, dbg);
       }
