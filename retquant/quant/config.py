@@ -94,8 +94,10 @@ class RetentionQuantConfig:
 
     def is_default_int8(self) -> bool:
         """True for the configuration the fast kernels implement."""
-        return self == RetentionQuantConfig()
+        return self == _DEFAULT
 
+
+_DEFAULT = RetentionQuantConfig()  # built once: is_default_int8 runs on every kernel call
 
 PRESETS: dict[str, RetentionQuantConfig] = {
     "int8": RetentionQuantConfig.uniform(8),
