@@ -155,3 +155,30 @@ def block(n: int) -> int:
     while p < n:
         p *= 2
     return p
+
+
+def launch_over_v(kernel, tuned, args, meta, rest, p: ChunkLaunch, block_v, gpu_bv: int) -> None:
+    """Launch on the grid ``(cdiv(V, BV), *rest)``: a fixed ``BV`` when it is given, in the
+    interpreter (no autotuner there) and for trace runs (``gpu_bv`` caps it on a GPU), else the
+    autotuned variant ``tuned``."""
+    import triton
+
+    from retquant.kernels.quant_int8 import interpreted
+
+    if block_v is not None or interpreted() or p.trace is not None:
+        bv = block_v or (block(p.V) if interpreted() else min(block(p.V), gpu_bv))
+        kernel[(triton.cdiv(p.V, bv), *rest)](*args, BV=bv, **meta)
+    else:
+        tuned[lambda m: (triton.cdiv(p.V, m["BV"]), *rest)](*args, **meta)
+
+
+def state_meta(p: ChunkLaunch) -> dict:
+    """Compile-time arguments of the kernels that carry the state across chunks."""
+    return {
+        "C": p.C,
+        "BK": block(p.K),
+        "USE_H0": p.h0 is not None,
+        "STORE_HT": p.final is not None,
+        "TRACE": p.trace is not None,
+        "enable_fp_fusion": False,  # no FMA contraction: every float step rounds as in the spec
+    }

@@ -23,11 +23,10 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from retquant.kernels.chunk_prep import ChunkLaunch, block
+from retquant.kernels.chunk_prep import ChunkLaunch, launch_over_v, state_meta
 from retquant.kernels.chunk_tile import decayed_scores, load_chunk_tiles
 from retquant.kernels.quant_int8 import (
     finish_output,
-    interpreted,
     kernel_output,
     quant_cols,
 )
@@ -192,18 +191,7 @@ def chunk_fused_launch(p: ChunkLaunch, block_v: int | None = None) -> None:
         p.K,
         p.V,
     )
-    meta = {
-        "C": p.C,
-        "BK": block(p.K),
-        "USE_H0": p.h0 is not None,
-        "STORE_HT": p.final is not None,
-        "TRACE": p.trace is not None,
-        "enable_fp_fusion": False,
-    }
-    if block_v is not None or interpreted() or p.trace is not None:
-        bv = block_v or (block(p.V) if interpreted() else min(block(p.V), 64))
-        chunk_retention_fused_kernel[(triton.cdiv(p.V, bv), p.N * p.H)](*args, BV=bv, **meta)
-    else:
-        grid = lambda m: (triton.cdiv(p.V, m["BV"]), p.N * p.H)  # noqa: E731
-        _tuned_kernel[grid](*args, **meta)
+    launch_over_v(
+        chunk_retention_fused_kernel, _tuned_kernel, args, state_meta(p), (p.N * p.H,), p, block_v, 64
+    )
     finish_output(p.out, kout)

@@ -13,11 +13,10 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from retquant.kernels.chunk_prep import ChunkLaunch, block
+from retquant.kernels.chunk_prep import ChunkLaunch, block, launch_over_v
 from retquant.kernels.chunk_tile import decayed_scores, load_chunk_tiles
 from retquant.kernels.quant_int8 import (
     finish_output,
-    interpreted,
     kernel_output,
 )
 
@@ -133,10 +132,5 @@ def chunk_out_launch(p: ChunkLaunch, s_codes, s_scales, block_v: int | None = No
         p.V,
     )
     meta = {"C": p.C, "BK": block(p.K), "TRACE": p.trace is not None, "enable_fp_fusion": False}
-    if block_v is not None or interpreted() or p.trace is not None:
-        bv = block_v or (block(p.V) if interpreted() else min(block(p.V), 64))
-        chunk_retention_out_kernel[(triton.cdiv(p.V, bv), p.NC, p.H)](*args, BV=bv, **meta)
-    else:
-        grid = lambda m: (triton.cdiv(p.V, m["BV"]), p.NC, p.H)  # noqa: E731
-        _tuned_kernel[grid](*args, **meta)
+    launch_over_v(chunk_retention_out_kernel, _tuned_kernel, args, meta, (p.NC, p.H), p, block_v, 64)
     finish_output(p.out, kout)

@@ -15,8 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
-from retquant.kernels.chunk_prep import ChunkLaunch, block
-from retquant.kernels.quant_int8 import interpreted, quant_cols
+from retquant.kernels.chunk_prep import ChunkLaunch, launch_over_v, state_meta
+from retquant.kernels.quant_int8 import quant_cols
 
 
 @triton.jit
@@ -139,18 +139,7 @@ def chunk_state_launch(p: ChunkLaunch, block_v: int | None = None):
         p.K,
         p.V,
     )
-    meta = {
-        "C": p.C,
-        "BK": block(p.K),
-        "USE_H0": p.h0 is not None,
-        "STORE_HT": p.final is not None,
-        "TRACE": p.trace is not None,
-        "enable_fp_fusion": False,
-    }
-    if block_v is not None or interpreted() or p.trace is not None:
-        bv = block_v or (block(p.V) if interpreted() else min(block(p.V), 32))
-        chunk_retention_state_kernel[(triton.cdiv(p.V, bv), p.N * p.H)](*args, BV=bv, **meta)
-    else:
-        grid = lambda m: (triton.cdiv(p.V, m["BV"]), p.N * p.H)  # noqa: E731
-        _tuned_kernel[grid](*args, **meta)
+    launch_over_v(
+        chunk_retention_state_kernel, _tuned_kernel, args, state_meta(p), (p.N * p.H,), p, block_v, 32
+    )
     return s_codes, s_scales
