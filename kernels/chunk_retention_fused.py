@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from retquant.kernels.chunk_prep import ChunkLaunch, launch_over_v, state_meta
-from retquant.kernels.chunk_tile import decayed_scores, load_chunk_tiles
+from retquant.kernels.chunk_tile import decayed_scores, decayed_state_update, load_chunk_tiles
 from retquant.kernels.quant_int8 import (
     finish_output,
     kernel_output,
@@ -117,16 +117,22 @@ def chunk_retention_fused_kernel(
         tl.store(o_ptr + vo_off, o.to(o_ptr.dtype.element_ty), mask=vo_mask)
 
         # state update with K decayed along the reduced axis before quantization
-        if i == nt - 1:
-            kdec = tl.load(kdec_last_ptr + (i_n * H + i_h) * C + r)
-            cdec = tl.load(chunk_last_ptr + i_n * H + i_h)
-        else:
-            kdec = tl.load(kdec_ptr + i_h * C + r)
-            cdec = tl.load(chunk_ptr + i_h)
-        kd_i8, s_kd = quant_cols(k * kdec[:, None])
-        acc_kv = tl.dot(tl.trans(kd_i8), v_i8, out_dtype=tl.int32)
-        d_s = (acc_kv.to(tl.float32) * s_kd[:, None]) * s_v[None, :]
-        S = S * cdec + d_s
+        S, acc_kv = decayed_state_update(
+            S,
+            k,
+            v_i8,
+            s_v,
+            i == nt - 1,
+            kdec_ptr,
+            chunk_ptr,
+            kdec_last_ptr,
+            chunk_last_ptr,
+            i_n,
+            i_h,
+            H,
+            r,
+            C,
+        )
 
         if TRACE:
             base = (ch0 + i) * H + i_h

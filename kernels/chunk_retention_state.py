@@ -16,6 +16,7 @@ import triton
 import triton.language as tl
 
 from retquant.kernels.chunk_prep import ChunkLaunch, launch_over_v, state_meta
+from retquant.kernels.chunk_tile import decayed_state_update
 from retquant.kernels.quant_int8 import quant_cols
 
 
@@ -85,16 +86,22 @@ def chunk_retention_state_kernel(
             other=0.0,
         ).to(tl.float32)
         v_i8, s_v = quant_cols(v)
-        if i == nt - 1:
-            kdec = tl.load(kdec_last_ptr + (i_n * H + i_h) * C + r)
-            cdec = tl.load(chunk_last_ptr + i_n * H + i_h)
-        else:
-            kdec = tl.load(kdec_ptr + i_h * C + r)
-            cdec = tl.load(chunk_ptr + i_h)
-        kd_i8, s_kd = quant_cols(k * kdec[:, None])
-        acc_kv = tl.dot(tl.trans(kd_i8), v_i8, out_dtype=tl.int32)
-        d_s = (acc_kv.to(tl.float32) * s_kd[:, None]) * s_v[None, :]
-        S = S * cdec + d_s
+        S, acc_kv = decayed_state_update(
+            S,
+            k,
+            v_i8,
+            s_v,
+            i == nt - 1,
+            kdec_ptr,
+            chunk_ptr,
+            kdec_last_ptr,
+            chunk_last_ptr,
+            i_n,
+            i_h,
+            H,
+            r,
+            C,
+        )
         if TRACE:
             tl.store(tkv_ptr + base.to(tl.int64) * K * V + s_off, acc_kv, mask=s_mask)
 

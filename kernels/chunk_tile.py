@@ -42,3 +42,35 @@ def decayed_scores(acc, s_q, s_k, row_ptr, col_ptr, mask_ptr, fused_ptr, i_h, r,
         p = ((accf * s_q[:, None]) * s_k[None, :]) * dmask
     p = tl.where(r[:, None] >= r[None, :], p, 0.0)
     return quant_rows(p)
+
+
+@triton.jit
+def decayed_state_update(
+    S,
+    k,
+    v_i8,
+    s_v,
+    is_last,
+    kdec_ptr,
+    chunk_ptr,
+    kdec_last_ptr,
+    chunk_last_ptr,
+    i_n,
+    i_h,
+    H,
+    r,
+    C: tl.constexpr,
+):
+    """``S * gamma**L + (K~_int^T V_int) * s_k~ * s_v`` with ``K~ = K * gamma**(L-1-j)`` quantized
+    per channel (the decay runs along the reduced axis, so it is applied before quantizing); the
+    sequence's short last chunk uses its own tables. Returns ``(S, acc_kv)``."""
+    if is_last:
+        kdec = tl.load(kdec_last_ptr + (i_n * H + i_h) * C + r)
+        cdec = tl.load(chunk_last_ptr + i_n * H + i_h)
+    else:
+        kdec = tl.load(kdec_ptr + i_h * C + r)
+        cdec = tl.load(chunk_ptr + i_h)
+    kd_i8, s_kd = quant_cols(k * kdec[:, None])
+    acc_kv = tl.dot(tl.trans(kd_i8), v_i8, out_dtype=tl.int32)
+    d_s = (acc_kv.to(tl.float32) * s_kd[:, None]) * s_v[None, :]
+    return S * cdec + d_s, acc_kv
