@@ -11,6 +11,7 @@
 
 #define RQ_BODY_NS portable
 #define RQ_GEMM gemm_portable
+#define RQ_STAGES "chunk_stages_portable.h"
 #include "chunk_body.h"
 
 namespace retquant {

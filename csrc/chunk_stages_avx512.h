@@ -1,0 +1,223 @@
+// The per-element stages of the chunk kernel with AVX-512 intrinsics (the VNNI path): the same
+// float32 operations in the same order as chunk_stages_portable.h, 16 lanes at a time, with
+// masked loads and stores for widths that are not multiples of 16. Quantization, packing into
+// the GEMM layouts and the column sums happen in one pass per operand.
+
+static inline __mmask16 lanes(int n) {
+  return n >= 16 ? static_cast<__mmask16>(0xFFFF)
+                 : static_cast<__mmask16>(n > 0 ? (1u << n) - 1u : 0u);
+}
+
+// Codes of x / s: a true division (as the spec), clamp to +-127, round half to even.
+static inline __m512i vcodes(__m512 x, __m512 s) {
+  __m512 t = _mm512_div_ps(x, s);
+  t = _mm512_min_ps(_mm512_max_ps(t, _mm512_set1_ps(-kQmax)), _mm512_set1_ps(kQmax));
+  return _mm512_cvt_roundps_epi32(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+
+// scale_from_amax on 16 lanes.
+static inline __m512 vscale(__m512 amax) {
+  const __m512 s = _mm512_div_ps(amax, _mm512_set1_ps(kQmax));
+  const __mmask16 pos = _mm512_cmp_ps_mask(s, _mm512_setzero_ps(), _CMP_GT_OQ);
+  return _mm512_mask_blend_ps(pos, _mm512_set1_ps(1.f), s);
+}
+
+static inline void prefetch_row(const float* x, int n) {
+  for (int i = 0; i < n; i += 16) _mm_prefetch(reinterpret_cast<const char*>(x + i), _MM_HINT_T0);
+}
+
+static inline void quant_token_rows(const float* qbase, const float* kbase, int64_t ldq,
+                                    const float* vbase, int64_t ldv, int L, float scale,
+                                    const float* kdec, Scratch& s) {
+  const int K = s.K, K4 = s.K4, K16 = s.K16, C16 = s.C16, V = s.V;
+  const __m512 vscale_q = _mm512_set1_ps(scale);
+  const __m512i bias = _mm512_set1_epi32(128);
+  for (int c = 0; c < K16; c += 16) _mm512_storeu_ps(s.kd_amax + c, _mm512_setzero_ps());
+  for (int a = 0; a < L; ++a) {
+    const float* qrow = qbase + a * ldq;
+    const float* krow = kbase + a * ldq;
+    if (a + 4 < L) {
+      prefetch_row(qrow + 4 * ldq, K);
+      prefetch_row(krow + 4 * ldq, K);
+    }
+    prefetch_row(vbase + a * ldv, V);  // V is read right after this stage
+    // Q: scaled row and its amax, then the codes + 128.
+    __m512 m = _mm512_setzero_ps();
+    for (int c = 0; c < K; c += 16) {
+      const __m512 x = _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes(K - c), qrow + c), vscale_q);
+      _mm512_storeu_ps(s.qs + c, x);
+      m = _mm512_max_ps(m, _mm512_abs_ps(x));
+    }
+    const float sqa = scale_from_amax(_mm512_reduce_max_ps(m));
+    s.sq[a] = sqa;
+    const __m512 vsq = _mm512_set1_ps(sqa);
+    uint8_t* qu = s.qu8 + a * K4;
+    for (int c = 0; c < K; c += 16) {
+      const __m512i code = _mm512_add_epi32(vcodes(_mm512_loadu_ps(s.qs + c), vsq), bias);
+      _mm_mask_storeu_epi8(qu + c, lanes(K - c), _mm512_cvtepi32_epi8(code));
+    }
+    // K: amax; K~ = K * kdec[a] and its column amax; then the codes and their sum.
+    const __m512 f = _mm512_set1_ps(kdec[a]);
+    float* kd = s.kd + a * K16;
+    m = _mm512_setzero_ps();
+    for (int c = 0; c < K; c += 16) {
+      const __m512 x = _mm512_maskz_loadu_ps(lanes(K - c), krow + c);
+      m = _mm512_max_ps(m, _mm512_abs_ps(x));
+      const __m512 d = _mm512_mul_ps(x, f);
+      _mm512_storeu_ps(kd + c, d);
+      _mm512_storeu_ps(s.kd_amax + c,
+                       _mm512_max_ps(_mm512_loadu_ps(s.kd_amax + c), _mm512_abs_ps(d)));
+    }
+    const float ska = scale_from_amax(_mm512_reduce_max_ps(m));
+    s.sk[a] = ska;
+    const __m512 vsk = _mm512_set1_ps(ska);
+    __m512i csum = _mm512_setzero_si512();
+    int8_t* kq = s.kq + a * K16;
+    for (int c = 0; c < K; c += 16) {
+      const __m512i code = vcodes(_mm512_maskz_loadu_ps(lanes(K - c), krow + c), vsk);
+      csum = _mm512_add_epi32(csum, code);
+      _mm_mask_storeu_epi8(kq + c, lanes(K - c), _mm512_cvtepi32_epi8(code));
+    }
+    s.cs_k[a] = _mm512_reduce_add_epi32(csum);
+  }
+  for (int a = L; a < s.C4; ++a) std::memset(s.qu8 + a * K4, 128, K4);
+  // kp[g][a] (4 bytes) = kq[a][4g .. 4g+3]: a 32-bit transpose, 16 token rows per gather.
+  const __m512i rows = _mm512_mullo_epi32(
+      _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+      _mm512_set1_epi32(K16));
+  for (int g = 0; g < K4 / 4; ++g)
+    for (int a0 = 0; a0 < L; a0 += 16) {
+      const __m512i w = _mm512_i32gather_epi32(rows, s.kq + a0 * K16 + 4 * g, 1);
+      _mm512_storeu_si512(s.kp + (g * C16 + a0) * 4, w);
+    }
+}
+
+static inline void score_codes(int L, bool fused, const float* row, const float* col,
+                               const float* mask, Scratch& s) {
+  const int C = s.C, C4 = s.C4, C16 = s.C16;
+  const __m512i bias = _mm512_set1_epi32(128);
+  for (int b = 0; b < L; b += 16) {
+    const __mmask16 mb = lanes(L - b);
+    _mm512_storeu_ps(s.cb + b, _mm512_mul_ps(_mm512_maskz_loadu_ps(mb, s.sk + b),
+                                             _mm512_maskz_loadu_ps(mb, col + b)));
+  }
+  for (int a = 0; a < L; ++a) {
+    const int32_t* acc = s.acc_qk + a * C16;
+    const int nb = a + 1;
+    __m512 m = _mm512_setzero_ps();
+    if (fused) {
+      const __m512 ra = _mm512_set1_ps(s.sq[a] * row[a]);
+      for (int b = 0; b < nb; b += 16) {
+        const __mmask16 mb = lanes(nb - b);
+        const __m512 x = _mm512_cvtepi32_ps(_mm512_loadu_si512(acc + b));
+        const __m512 pv = _mm512_maskz_mul_ps(mb, _mm512_mul_ps(x, ra), _mm512_loadu_ps(s.cb + b));
+        _mm512_storeu_ps(s.P + b, pv);
+        m = _mm512_max_ps(m, _mm512_abs_ps(pv));
+      }
+    } else {
+      const float* ma = mask + a * C;
+      const __m512 sqa = _mm512_set1_ps(s.sq[a]);
+      for (int b = 0; b < nb; b += 16) {
+        const __mmask16 mb = lanes(nb - b);
+        const __m512 x = _mm512_cvtepi32_ps(_mm512_loadu_si512(acc + b));
+        const __m512 y = _mm512_mul_ps(_mm512_mul_ps(x, sqa), _mm512_loadu_ps(s.sk + b));
+        const __m512 pv = _mm512_maskz_mul_ps(mb, y, _mm512_maskz_loadu_ps(mb, ma + b));
+        _mm512_storeu_ps(s.P + b, pv);
+        m = _mm512_max_ps(m, _mm512_abs_ps(pv));
+      }
+    }
+    const float spa = scale_from_amax(_mm512_reduce_max_ps(m));
+    s.sp[a] = spa;
+    const __m512 vsp = _mm512_set1_ps(spa);
+    uint8_t* pu = s.pu8 + a * C4;
+    for (int b = 0; b < C4; b += 16) {
+      const __mmask16 mb = lanes(nb - b);
+      __m512i code = _mm512_setzero_si512();
+      if (mb != 0) code = _mm512_maskz_mov_epi32(mb, vcodes(_mm512_loadu_ps(s.P + b), vsp));
+      _mm_mask_storeu_epi8(pu + b, lanes(C4 - b), _mm512_cvtepi32_epi8(_mm512_add_epi32(code, bias)));
+    }
+  }
+  for (int a = L; a < C4; ++a) std::memset(s.pu8 + a * C4, 128, C4);
+}
+
+static inline void col_amax(const float* x, int64_t ldx, int rows, int n, float* amax) {
+  for (int c = 0; c < n; c += 16) {
+    const __mmask16 mc = lanes(n - c);
+    __m512 m = _mm512_setzero_ps();
+    for (int r = 0; r < rows; ++r)
+      m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_maskz_loadu_ps(mc, x + r * ldx + c)));
+    _mm512_storeu_ps(amax + c, m);
+  }
+}
+
+static inline void quant_cols_packed(const float* x, int64_t ldx, int rows, int rows4, int n,
+                                     int ld, const float* amax, float* scale, int8_t* dst,
+                                     int32_t* colsum, bool biased) {
+  const __m512i bias = _mm512_set1_epi32(biased ? 128 : 0);
+  const __m128i pad = _mm_set1_epi8(static_cast<char>(biased ? 0x80 : 0));
+  for (int c = 0; c < ld; c += 16) {
+    const __mmask16 mc = lanes(n - c);
+    const __m512 sc = vscale(_mm512_maskz_loadu_ps(mc, amax + c));
+    _mm512_storeu_ps(scale + c, sc);
+    __m512i cs = _mm512_setzero_si512();
+    for (int r0 = 0; r0 < rows4; r0 += 4) {
+      __m128i b[4];
+      for (int i = 0; i < 4; ++i) {
+        const int r = r0 + i;
+        if (r < rows) {
+          const __m512i code = vcodes(_mm512_maskz_loadu_ps(mc, x + r * ldx + c), sc);
+          cs = _mm512_add_epi32(cs, code);
+          b[i] = _mm512_cvtepi32_epi8(_mm512_add_epi32(code, bias));
+        } else {
+          b[i] = pad;
+        }
+      }
+      const __m128i lo01 = _mm_unpacklo_epi8(b[0], b[1]), hi01 = _mm_unpackhi_epi8(b[0], b[1]);
+      const __m128i lo23 = _mm_unpacklo_epi8(b[2], b[3]), hi23 = _mm_unpackhi_epi8(b[2], b[3]);
+      __m128i* d = reinterpret_cast<__m128i*>(dst + (static_cast<int64_t>(r0 / 4) * ld + c) * 4);
+      _mm_storeu_si128(d + 0, _mm_unpacklo_epi16(lo01, lo23));
+      _mm_storeu_si128(d + 1, _mm_unpackhi_epi16(lo01, lo23));
+      _mm_storeu_si128(d + 2, _mm_unpacklo_epi16(hi01, hi23));
+      _mm_storeu_si128(d + 3, _mm_unpackhi_epi16(hi01, hi23));
+    }
+    if (colsum != nullptr) _mm512_storeu_si512(colsum + c, cs);
+  }
+}
+
+static inline void write_output(float* out, int64_t ldo, int L, const float* inter, Scratch& s) {
+  const int V = s.V, V16 = s.V16;
+  for (int a = 0; a < L; ++a) {
+    const int32_t* apv = s.acc_pv + a * V16;
+    const int32_t* aqs = s.acc_qs + a * V16;
+    float* o = out + a * ldo;
+    const __m512 spa = _mm512_set1_ps(s.sp[a]), qi = _mm512_set1_ps(s.sq[a] * inter[a]);
+    for (int v = 0; v < V; v += 16) {
+      const __m512 intra = _mm512_mul_ps(
+          _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_loadu_si512(apv + v)), spa), _mm512_loadu_ps(s.sv + v));
+      const __m512 inter_v = _mm512_mul_ps(
+          _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_loadu_si512(aqs + v)), qi), _mm512_loadu_ps(s.sS + v));
+      _mm512_mask_storeu_ps(o + v, lanes(V - v), _mm512_add_ps(intra, inter_v));
+    }
+  }
+}
+
+static inline void update_state(float chunk_decay, Scratch& s) {
+  const int K = s.K, V = s.V, V16 = s.V16;
+  float* Samax = s.Samax;
+  for (int v = 0; v < V16; v += 16) _mm512_storeu_ps(Samax + v, _mm512_setzero_ps());
+  const __m512 cd = _mm512_set1_ps(chunk_decay);
+  for (int k = 0; k < K; ++k) {
+    const int32_t* acc = s.acc_kv + k * V16;
+    float* Sk = s.S + k * V;
+    const __m512 sk = _mm512_set1_ps(s.skd[k]);
+    for (int v = 0; v < V; v += 16) {
+      const __mmask16 mv = lanes(V - v);
+      const __m512 d = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_loadu_si512(acc + v)), sk),
+                                     _mm512_loadu_ps(s.sv + v));
+      const __m512 sn = _mm512_add_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(mv, Sk + v), cd), d);
+      _mm512_mask_storeu_ps(Sk + v, mv, sn);
+      const __m512 am = _mm512_maskz_mov_ps(mv, _mm512_abs_ps(sn));
+      _mm512_storeu_ps(Samax + v, _mm512_max_ps(_mm512_loadu_ps(Samax + v), am));
+    }
+  }
+}
