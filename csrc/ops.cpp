@@ -6,6 +6,7 @@
 
 #include "chunk_retention.h"
 #include "gemm.h"
+#include "hugepage_alloc.h"
 
 namespace retquant {
 namespace {
@@ -145,6 +146,8 @@ void recurrent_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
 
 bool has_vnni() { return cpu_has_avx512_vnni(); }
 
+at::Tensor empty_f32(at::IntArrayRef size) { return empty_hugepage_f32(size); }
+
 }  // namespace
 
 TORCH_LIBRARY(retquant, m) {
@@ -161,6 +164,7 @@ TORCH_LIBRARY(retquant, m) {
       "recurrent_fwd(Tensor q, Tensor k, Tensor v, Tensor offsets, float scale, Tensor gamma, "
       "Tensor? initial_state, Tensor(a!) out, Tensor(b!) final_state, bool use_avx512) -> ()");
   m.def("has_vnni() -> bool");
+  m.def("empty_f32(int[] size) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(retquant, CPU, m) {
@@ -169,6 +173,9 @@ TORCH_LIBRARY_IMPL(retquant, CPU, m) {
   m.impl("recurrent_fwd", &recurrent_fwd);
 }
 
-TORCH_LIBRARY_IMPL(retquant, CompositeExplicitAutograd, m) { m.impl("has_vnni", &has_vnni); }
+TORCH_LIBRARY_IMPL(retquant, CompositeExplicitAutograd, m) {
+  m.impl("has_vnni", &has_vnni);
+  m.impl("empty_f32", &empty_f32);
+}
 
 }  // namespace retquant
