@@ -20,7 +20,7 @@
 #pragma GCC pop_options
 
 namespace retquant {
-bool chunk_tasks_avx512(const ChunkParams& p, int64_t begin, int64_t end) {
+int chunk_tasks_avx512(const ChunkParams& p, int64_t begin, int64_t end) {
   return avx512::run_tasks(p, begin, end);
 }
 }  // namespace retquant

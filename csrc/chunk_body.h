@@ -29,13 +29,13 @@ static void chunk_step(const ChunkParams& p, Scratch& s, int64_t t0, int L, int 
 
   // Q (scaled) and K per token -> A codes of Q K^T / Q S, B codes of Q K^T; K~ = K * g^(L-1-j)
   // and its column amax, read while the K rows are in cache.
-  quant_token_rows(p.q + (t0 * H + h) * K, p.k + (t0 * H + h) * K, ldq,
-                   p.v + (t0 * H + h) * V, ldv, L, p.scale, kdec, s);
+  s.bad |= quant_token_rows(p.q + (t0 * H + h) * K, p.k + (t0 * H + h) * K, ldq,
+                            p.v + (t0 * H + h) * V, ldv, L, p.scale, kdec, s);
   RQ_GEMM({s.qu8, K4, s.kp, C16, s.cs_k, s.acc_qk, C16, L, L, K4, true, false});
   score_codes(L, p.fused[h] != 0, p.row + h * C, p.col + h * C, p.mask + h * C * C, s);
 
   // V per channel of the chunk, packed once for both P V and K~^T V.
-  col_amax(p.v + (t0 * H + h) * V, ldv, L, V, s.amax);
+  if (!col_amax(p.v + (t0 * H + h) * V, ldv, L, V, s.amax)) s.bad |= kNonFiniteV;
   quant_cols_packed(p.v + (t0 * H + h) * V, ldv, L, L4, V, V16, s.amax, s.sv, s.vp, s.cs_v, false);
   RQ_GEMM({s.pu8, C4, s.vp, V16, s.cs_v, s.acc_pv, V16, L, V, L4, false, true});
 
@@ -65,23 +65,15 @@ static void chunk_step(const ChunkParams& p, Scratch& s, int64_t t0, int L, int 
   }
 }
 
-// Column amax of the K x V state (rows of V floats), for the first chunk's Q S.
-static inline void state_amax(const float* S, int K, int V, float* amax) {
-  for (int c = 0; c < V; ++c) amax[c] = 0.f;
-  for (int r = 0; r < K; ++r)
-    for (int c = 0; c < V; ++c) {
-      const float a = std::fabs(S[r * V + c]);
-      amax[c] = a > amax[c] ? a : amax[c];
-    }
-}
+
 
 // Tasks [begin, end) of the (sequence, head group) grid: a task walks the chunks of one
 // sequence and, per chunk, every head of its group, so the rows it loads (all heads of a token
 // are adjacent in [T, H, D]) stream through memory instead of jumping H * D floats per token.
-// Returns false when scratch allocation fails.
-static bool run_tasks(const ChunkParams& p, int64_t begin, int64_t end) {
+// Returns kOutOfMemory when scratch allocation fails, else the non-finite input flags.
+static int run_tasks(const ChunkParams& p, int64_t begin, int64_t end) {
   Scratch s;
-  if (!scratch_init(s, p.C, p.K, p.V)) return false;
+  if (!scratch_init(s, p.C, p.K, p.V)) return kOutOfMemory;
   const int G = p.heads_per_task;
   const int groups = (p.H + G - 1) / G;
   const size_t kv = static_cast<size_t>(p.K) * p.V;
@@ -89,7 +81,7 @@ static bool run_tasks(const ChunkParams& p, int64_t begin, int64_t end) {
   float* states = static_cast<float*>(std::calloc((kv + V16) * G, sizeof(float)));
   if (states == nullptr) {
     std::free(s.arena);
-    return false;
+    return kOutOfMemory;
   }
   for (int64_t task = begin; task < end; ++task) {
     const int64_t n = task / groups;
@@ -102,7 +94,8 @@ static bool run_tasks(const ChunkParams& p, int64_t begin, int64_t end) {
       } else {
         std::memset(S, 0, kv * sizeof(float));
       }
-      state_amax(S, p.K, p.V, states + kv * G + (h - h0) * V16);
+      // Column amax of the initial state, for the first chunk's Q S.
+      if (!col_amax(S, p.V, p.K, p.V, states + kv * G + (h - h0) * V16)) s.bad |= kNonFiniteState;
     }
     const int64_t start = p.offsets[n], stop = p.offsets[n + 1];
     int64_t ci = 0;
@@ -120,7 +113,7 @@ static bool run_tasks(const ChunkParams& p, int64_t begin, int64_t end) {
   }
   std::free(states);
   std::free(s.arena);
-  return true;
+  return s.bad;
 }
 
 }  // namespace RQ_BODY_NS

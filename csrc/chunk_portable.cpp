@@ -15,7 +15,7 @@
 #include "chunk_body.h"
 
 namespace retquant {
-bool chunk_tasks_portable(const ChunkParams& p, int64_t begin, int64_t end) {
+int chunk_tasks_portable(const ChunkParams& p, int64_t begin, int64_t end) {
   return portable::run_tasks(p, begin, end);
 }
 }  // namespace retquant

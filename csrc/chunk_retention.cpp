@@ -9,10 +9,10 @@
 
 namespace retquant {
 
-bool chunk_tasks_portable(const ChunkParams& p, int64_t begin, int64_t end);
-bool chunk_tasks_avx512(const ChunkParams& p, int64_t begin, int64_t end);
+int chunk_tasks_portable(const ChunkParams& p, int64_t begin, int64_t end);
+int chunk_tasks_avx512(const ChunkParams& p, int64_t begin, int64_t end);
 
-void chunk_retention_cpu(const ChunkParams& params) {
+int chunk_retention_cpu(const ChunkParams& params) {
   // Group heads so that there are at least two tasks per thread (load balance) and otherwise
   // as many heads per task as possible (contiguous loads of each token's rows).
   ChunkParams p = params;
@@ -21,13 +21,19 @@ void chunk_retention_cpu(const ChunkParams& params) {
   groups = groups < 1 ? 1 : (groups > p.H ? p.H : groups);
   p.heads_per_task = static_cast<int>((p.H + groups - 1) / groups);
   groups = (p.H + p.heads_per_task - 1) / p.heads_per_task;
-  std::atomic<bool> ok{true};
+  std::atomic<bool> oom{false};
+  std::atomic<int> flags{0};
   at::parallel_for(0, p.N * groups, 1, [&](int64_t begin, int64_t end) {
-    const bool r = p.use_vnni ? chunk_tasks_avx512(p, begin, end)
-                              : chunk_tasks_portable(p, begin, end);
-    if (!r) ok = false;
+    const int r = p.use_vnni ? chunk_tasks_avx512(p, begin, end)
+                             : chunk_tasks_portable(p, begin, end);
+    if (r < 0) {
+      oom = true;
+    } else {
+      flags.fetch_or(r);
+    }
   });
-  TORCH_CHECK(ok.load(), "retquant chunk kernel: out of memory for its scratch buffers");
+  TORCH_CHECK(!oom.load(), "retquant chunk kernel: out of memory for its scratch buffers");
+  return flags.load();
 }
 
 }  // namespace retquant

@@ -5,6 +5,11 @@
 
 namespace retquant {
 
+// Status of a kernel call: a negative value is a failure, else the inputs it saw holding inf or
+// NaN, or'ed (the Python side names them in a ValueError; the outputs are then meaningless).
+constexpr int kOutOfMemory = -1;
+constexpr int kNonFiniteQ = 1, kNonFiniteK = 2, kNonFiniteV = 4, kNonFiniteState = 8;
+
 // All tensors float32 contiguous; tokens of every sequence are rows of [T_total, H, D].
 struct ChunkParams {
   const float* q;            // [T_total, H, K] (unscaled)
@@ -34,7 +39,7 @@ struct ChunkParams {
   int64_t dbg_chunks = 0;
 };
 
-void chunk_retention_cpu(const ChunkParams& p);
+int chunk_retention_cpu(const ChunkParams& p);  // status (see above)
 
 struct RecurrentParams {
   const float* q;            // [T_total, H, K]
@@ -47,10 +52,10 @@ struct RecurrentParams {
   const float* gamma;        // [H] float32 exp(g_gamma)
   const float* init;         // [N, H, K, V] or nullptr
   float* out;                // [T_total, H, V]
-  float* final_state;        // [N, H, K, V]
+  float* final_state;        // [N, H, K, V]; may be init itself (the update is in place)
   bool use_avx512;           // AVX-512 build of the loop (only taken if CPUID has it)
 };
 
-void recurrent_retention_cpu(const RecurrentParams& p);
+int recurrent_retention_cpu(const RecurrentParams& p);  // status (see above)
 
 }  // namespace retquant

@@ -22,6 +22,7 @@ struct Scratch {
   int8_t* Sp;      // [K4/4][V16][4] S_{i-1} codes (B of Q S)
   int32_t *cs_k, *cs_v, *cs_s;  // column sums of the B operands
   int32_t *acc_qk, *acc_pv, *acc_qs, *acc_kv;
+  int bad;         // inputs seen holding inf/NaN (kNonFinite* flags of chunk_retention.h)
   void* arena;
 };
 
@@ -74,6 +75,7 @@ static inline bool scratch_init(Scratch& s, int C, int K, int V) {
   s.acc_kv = reinterpret_cast<int32_t*>(take());
   s.S = nullptr;
   s.Samax = nullptr;
+  s.bad = 0;
   std::memset(s.qu8, 128, C4 * K4);
   std::memset(s.kdp, 128, C4 * K16);
   return true;

@@ -22,17 +22,22 @@ static inline __m512 vscale(__m512 amax) {
   return _mm512_mask_blend_ps(pos, _mm512_set1_ps(1.f), s);
 }
 
+// Lanes of x that are inf or NaN (fpclass: QNaN | +Inf | -Inf | SNaN).
+static inline __mmask16 nonfinite(__m512 x) { return _mm512_fpclass_ps_mask(x, 0x99); }
+
 static inline void prefetch_row(const float* x, int n) {
   for (int i = 0; i < n; i += 16) _mm_prefetch(reinterpret_cast<const char*>(x + i), _MM_HINT_T0);
 }
 
-static inline void quant_token_rows(const float* qbase, const float* kbase, int64_t ldq,
-                                    const float* vbase, int64_t ldv, int L, float scale,
-                                    const float* kdec, Scratch& s) {
+// Returns the inputs seen non-finite (kNonFiniteQ | kNonFiniteK).
+static inline int quant_token_rows(const float* qbase, const float* kbase, int64_t ldq,
+                                   const float* vbase, int64_t ldv, int L, float scale,
+                                   const float* kdec, Scratch& s) {
   const int K = s.K, K4 = s.K4, K16 = s.K16, C16 = s.C16, V = s.V;
   const __m512 vscale_q = _mm512_set1_ps(scale);
   const __m512i bias = _mm512_set1_epi32(128);
   for (int c = 0; c < K16; c += 16) _mm512_storeu_ps(s.kd_amax + c, _mm512_setzero_ps());
+  __mmask16 bad_q = 0, bad_k = 0;
   for (int a = 0; a < L; ++a) {
     const float* qrow = qbase + a * ldq;
     const float* krow = kbase + a * ldq;
@@ -44,7 +49,9 @@ static inline void quant_token_rows(const float* qbase, const float* kbase, int6
     // Q: scaled row and its amax, then the codes + 128.
     __m512 m = _mm512_setzero_ps();
     for (int c = 0; c < K; c += 16) {
-      const __m512 x = _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes(K - c), qrow + c), vscale_q);
+      const __m512 raw = _mm512_maskz_loadu_ps(lanes(K - c), qrow + c);
+      bad_q |= nonfinite(raw);
+      const __m512 x = _mm512_mul_ps(raw, vscale_q);
       _mm512_storeu_ps(s.qs + c, x);
       m = _mm512_max_ps(m, _mm512_abs_ps(x));
     }
@@ -62,6 +69,7 @@ static inline void quant_token_rows(const float* qbase, const float* kbase, int6
     m = _mm512_setzero_ps();
     for (int c = 0; c < K; c += 16) {
       const __m512 x = _mm512_maskz_loadu_ps(lanes(K - c), krow + c);
+      bad_k |= nonfinite(x);
       m = _mm512_max_ps(m, _mm512_abs_ps(x));
       const __m512 d = _mm512_mul_ps(x, f);
       _mm512_storeu_ps(kd + c, d);
@@ -90,6 +98,7 @@ static inline void quant_token_rows(const float* qbase, const float* kbase, int6
       const __m512i w = _mm512_i32gather_epi32(rows, s.kq + a0 * K16 + 4 * g, 1);
       _mm512_storeu_si512(s.kp + (g * C16 + a0) * 4, w);
     }
+  return (bad_q != 0 ? kNonFiniteQ : 0) | (bad_k != 0 ? kNonFiniteK : 0);
 }
 
 static inline void score_codes(int L, bool fused, const float* row, const float* col,
@@ -140,14 +149,20 @@ static inline void score_codes(int L, bool fused, const float* row, const float*
   for (int a = L; a < C4; ++a) std::memset(s.pu8 + a * C4, 128, C4);
 }
 
-static inline void col_amax(const float* x, int64_t ldx, int rows, int n, float* amax) {
+// Column amax; returns false if any element is inf or NaN.
+static inline bool col_amax(const float* x, int64_t ldx, int rows, int n, float* amax) {
+  __mmask16 bad = 0;
   for (int c = 0; c < n; c += 16) {
     const __mmask16 mc = lanes(n - c);
     __m512 m = _mm512_setzero_ps();
-    for (int r = 0; r < rows; ++r)
-      m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_maskz_loadu_ps(mc, x + r * ldx + c)));
+    for (int r = 0; r < rows; ++r) {
+      const __m512 x_rc = _mm512_maskz_loadu_ps(mc, x + r * ldx + c);
+      bad |= nonfinite(x_rc);
+      m = _mm512_max_ps(m, _mm512_abs_ps(x_rc));
+    }
     _mm512_storeu_ps(amax + c, m);
   }
+  return bad == 0;
 }
 
 static inline void quant_cols_packed(const float* x, int64_t ldx, int rows, int rows4, int n,

@@ -15,16 +15,23 @@ static inline float row_amax(const float* x, int n) {
 // Q rows (times `scale`) and K rows per token: Q codes + 128 into qu8 (padded rows: 128), K codes
 // into kq (token-major) and kp (B of Q K^T: [K4/4][C16][4]), their row sums into cs_k;
 // K~ = K * kdec[j] into kd with its column amax in kd_amax. vbase/ldv: unused here (prefetch).
-static inline void quant_token_rows(const float* qbase, const float* kbase, int64_t ldq,
-                                    const float* vbase, int64_t ldv, int L, float scale,
-                                    const float* kdec, Scratch& s) {
+// Returns the inputs seen non-finite (kNonFiniteQ | kNonFiniteK; x * 0 is NaN exactly for inf
+// and NaN).
+static inline int quant_token_rows(const float* qbase, const float* kbase, int64_t ldq,
+                                   const float* vbase, int64_t ldv, int L, float scale,
+                                   const float* kdec, Scratch& s) {
   (void)vbase;
   (void)ldv;
   const int K = s.K, K4 = s.K4, K16 = s.K16, C16 = s.C16;
   for (int k = 0; k < K; ++k) s.kd_amax[k] = 0.f;
+  float probe_q = 0.f, probe_k = 0.f;
   for (int a = 0; a < L; ++a) {
     const float* qrow = qbase + a * ldq;
     const float* krow = kbase + a * ldq;
+    for (int k = 0; k < K; ++k) {
+      probe_q += qrow[k] * 0.f;
+      probe_k += krow[k] * 0.f;
+    }
     for (int k = 0; k < K; ++k) s.qs[k] = qrow[k] * scale;
     const float sqa = scale_from_amax(row_amax(s.qs, K));
     const float ska = scale_from_amax(row_amax(krow, K));
@@ -50,6 +57,7 @@ static inline void quant_token_rows(const float* qbase, const float* kbase, int6
     }
   }
   for (int a = L; a < s.C4; ++a) std::memset(s.qu8 + a * K4, 128, K4);
+  return (probe_q != probe_q ? kNonFiniteQ : 0) | (probe_k != probe_k ? kNonFiniteK : 0);
 }
 
 // The fused-decay epilogue of acc = Q K^T and the per-row quantization of the scores P into
@@ -79,16 +87,19 @@ static inline void score_codes(int L, bool fused, const float* row, const float*
   for (int a = L; a < C4; ++a) std::memset(s.pu8 + a * C4, 128, C4);
 }
 
-// amax over `rows` rows (stride ldx) of each of n columns.
-static inline void col_amax(const float* x, int64_t ldx, int rows, int n, float* amax) {
+// amax over `rows` rows (stride ldx) of each of n columns; false if any element is inf or NaN.
+static inline bool col_amax(const float* x, int64_t ldx, int rows, int n, float* amax) {
+  float probe = 0.f;
   for (int c = 0; c < n; ++c) amax[c] = 0.f;
   for (int r = 0; r < rows; ++r) {
     const float* xr = x + r * ldx;
     for (int c = 0; c < n; ++c) {
+      probe += xr[c] * 0.f;
       const float a = std::fabs(xr[c]);
       amax[c] = a > amax[c] ? a : amax[c];
     }
   }
+  return probe == probe;
 }
 
 // Per-column quantization of rows [0, rows) of x (stride ldx, n columns; scale[c] from amax[c])

@@ -1,89 +1,58 @@
-// The recurrent (decode) loop per (sequence, head), compiled twice like chunk_body.h (baseline
-// ISA in recurrent_step.cpp, AVX-512 in recurrent_avx512.cpp); RQ_BODY_NS names the copy.
+// The recurrent (decode) loop per (sequence, head), compiled twice like chunk_body.h: for the
+// baseline ISA in recurrent_step.cpp and for AVX-512 in recurrent_avx512.cpp. Each defines
+// RQ_BODY_NS and RQ_STAGES (recurrent_stages_portable.h / recurrent_stages_avx512.h).
 //
-// Per token: q (scaled), k, v quantized per token; S = S * gamma + float(k_int v_int) * (s_k s_v)
-// (float32 state, exact int product); S's copy for q . S quantized per column;
-// o = (float(q_int . S_int) * s_q) * s_S[v]. Two passes over the K x V state per token.
+// Per token (retquant/ops/retention/int_recurrent.py): q (scaled), k, v quantized per token;
+// S = S * gamma + float(k_int v_int) * (s_k s_v) (float32 state, exact int product); S's copy for
+// q . S quantized per column; o = (float(q_int . S_int) * s_q) * s_S[v].
+// Two passes over the K x V state per token: the update (writing the state straight into
+// final_state and taking its column amax) and the quantized q . S.
 
 namespace retquant {
 namespace RQ_BODY_NS {
 
 #include "quant.h"
+#include RQ_STAGES
 
-// Per-token quantization of n floats (times `mul` when `scaled`) into int codes; returns scale.
-static inline float quant_token(const float* x, float mul, bool scaled, int n, float* tmp,
-                                int32_t* codes) {
-  for (int i = 0; i < n; ++i) tmp[i] = scaled ? x[i] * mul : x[i];
-  float lane[16] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-  int i = 0;
-  for (; i + 16 <= n; i += 16)
-    for (int l = 0; l < 16; ++l) {
-      const float a = std::fabs(tmp[i + l]);
-      lane[l] = a > lane[l] ? a : lane[l];
-    }
-  float m = 0.f;
-  for (; i < n; ++i) m = std::fabs(tmp[i]) > m ? std::fabs(tmp[i]) : m;
-  for (int l = 0; l < 16; ++l) m = lane[l] > m ? lane[l] : m;
-  const float s = scale_from_amax(m);
-  for (int j = 0; j < n; ++j) codes[j] = quant_code(tmp[j], s);
-  return s;
-}
-
-static bool run_tasks(const RecurrentParams& p, int64_t begin, int64_t end) {
+// Returns kOutOfMemory when scratch allocation fails, else the non-finite input flags.
+static int run_tasks(const RecurrentParams& p, int64_t begin, int64_t end) {
   const int K = p.K, V = p.V, H = p.H;
-  const size_t kv = static_cast<size_t>(K) * V, W = static_cast<size_t>(K > V ? K : V);
-  float* fbuf = static_cast<float*>(std::malloc((kv + W + 2 * V) * sizeof(float)));
-  int32_t* ibuf = static_cast<int32_t*>(std::malloc((2 * W + 2 * V) * sizeof(int32_t)));
+  const size_t kv = static_cast<size_t>(K) * V;
+  const size_t W = static_cast<size_t>(round_up(K > V ? K : V, 16));
+  // floats: tmp row, v codes as floats, column amax, column scales; ints: q codes, k codes, acc
+  float* fbuf = static_cast<float*>(std::calloc(4 * W, sizeof(float)));
+  int32_t* ibuf = static_cast<int32_t*>(std::calloc(3 * W, sizeof(int32_t)));
   if (fbuf == nullptr || ibuf == nullptr) {
     std::free(fbuf);
     std::free(ibuf);
-    return false;
+    return kOutOfMemory;
   }
-  float *S = fbuf, *tmp = fbuf + kv, *amax = tmp + W, *sS = amax + V;
-  int32_t *qi = ibuf, *ki = ibuf + W, *vi = ki + W, *acc = vi + V;
+  float *tmp = fbuf, *vf = fbuf + W, *amax = vf + W, *sS = amax + W;
+  int32_t *qi = ibuf, *ki = ibuf + W, *acc = ki + W;
+  int bad = 0;
   for (int64_t task = begin; task < end; ++task) {
     const int64_t n = task / H;
     const int h = static_cast<int>(task % H);
-    if (p.init != nullptr) {
-      std::memcpy(S, p.init + (n * H + h) * kv, kv * sizeof(float));
-    } else {
-      std::memset(S, 0, kv * sizeof(float));
-    }
+    float* S = p.final_state + (n * H + h) * kv;  // updated in place after the first token
+    const float* src = p.init != nullptr ? p.init + (n * H + h) * kv : nullptr;  // null: zeros
     const float g = p.gamma[h];
     for (int64_t t = p.offsets[n]; t < p.offsets[n + 1]; ++t) {
-      const float sq = quant_token(p.q + (t * H + h) * K, p.scale, true, K, tmp, qi);
-      const float sk = quant_token(p.k + (t * H + h) * K, 1.f, false, K, tmp, ki);
-      const float sv = quant_token(p.v + (t * H + h) * V, 1.f, false, V, tmp, vi);
-      const float skv = sk * sv;
-      for (int v = 0; v < V; ++v) amax[v] = 0.f;
-      for (int k = 0; k < K; ++k) {
-        float* Sk = S + k * V;
-        const int kc = ki[k];
-        for (int v = 0; v < V; ++v) {
-          const float upd = static_cast<float>(kc * vi[v]) * skv;
-          const float s = Sk[v] * g + upd;
-          Sk[v] = s;
-          const float a = std::fabs(s);
-          amax[v] = a > amax[v] ? a : amax[v];
-        }
-      }
-      for (int v = 0; v < V; ++v) {
-        sS[v] = scale_from_amax(amax[v]);
-        acc[v] = 0;
-      }
-      for (int k = 0; k < K; ++k) {
-        const float* Sk = S + k * V;
-        const int qc = qi[k];
-        for (int v = 0; v < V; ++v) acc[v] += qc * quant_code(Sk[v], sS[v]);
-      }
+      float sq, sk, sv;
+      bad |= quant_token(p.q + (t * H + h) * K, p.scale, true, K, tmp, qi, &sq) ? 0 : kNonFiniteQ;
+      bad |= quant_token(p.k + (t * H + h) * K, 1.f, false, K, tmp, ki, &sk) ? 0 : kNonFiniteK;
+      bad |= quant_token(p.v + (t * H + h) * V, 1.f, false, V, tmp, acc, &sv) ? 0 : kNonFiniteV;
+      for (int v = 0; v < V; ++v) vf[v] = static_cast<float>(acc[v]);  // exact (|code| <= 127)
+      const bool src_finite = update_state(src, S, K, V, g, ki, vf, sk * sv, amax);
+      if (!src_finite && src != S) bad |= kNonFiniteState;  // only the initial state is input
+      src = S;
+      state_dot(S, K, V, amax, sS, qi, acc);
       float* o = p.out + (t * H + h) * V;
       for (int v = 0; v < V; ++v) o[v] = (static_cast<float>(acc[v]) * sq) * sS[v];
     }
-    std::memcpy(p.final_state + (n * H + h) * kv, S, kv * sizeof(float));
-  }
+  }  // (every sequence has >= 1 token: offsets strictly increase, checked in ops.cpp)
   std::free(fbuf);
   std::free(ibuf);
-  return true;
+  return bad;
 }
 
 }  // namespace RQ_BODY_NS

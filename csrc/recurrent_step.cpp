@@ -14,22 +14,30 @@
 #include "gemm.h"
 
 #define RQ_BODY_NS rec_portable
+#define RQ_STAGES "recurrent_stages_portable.h"
 #include "recurrent_body.h"
 #undef RQ_BODY_NS
+#undef RQ_STAGES
 
 namespace retquant {
 
-bool recurrent_tasks_avx512(const RecurrentParams& p, int64_t begin, int64_t end);
+int recurrent_tasks_avx512(const RecurrentParams& p, int64_t begin, int64_t end);
 
-void recurrent_retention_cpu(const RecurrentParams& p) {
+int recurrent_retention_cpu(const RecurrentParams& p) {
   static const bool avx512 = cpu_has_avx512_vnni();
-  std::atomic<bool> ok{true};
+  std::atomic<bool> oom{false};
+  std::atomic<int> flags{0};
   at::parallel_for(0, p.N * p.H, 1, [&](int64_t begin, int64_t end) {
-    const bool r = (avx512 && p.use_avx512) ? recurrent_tasks_avx512(p, begin, end)
-                                            : rec_portable::run_tasks(p, begin, end);
-    if (!r) ok = false;
+    const int r = (avx512 && p.use_avx512) ? recurrent_tasks_avx512(p, begin, end)
+                                           : rec_portable::run_tasks(p, begin, end);
+    if (r < 0) {
+      oom = true;
+    } else {
+      flags.fetch_or(r);
+    }
   });
-  TORCH_CHECK(ok.load(), "retquant recurrent kernel: out of memory for its scratch buffers");
+  TORCH_CHECK(!oom.load(), "retquant recurrent kernel: out of memory for its scratch buffers");
+  return flags.load();
 }
 
 }  // namespace retquant

@@ -25,6 +25,19 @@ class RetentionCall:
     cu_seqlens: torch.Tensor | None
     quant: RetentionQuantConfig | None
 
+    def check_finite(self) -> None:
+        """Raise ``ValueError`` naming the first of q, k, v, initial_state holding inf or NaN.
+
+        Quantized calls only (a float call propagates non-finite values like any matmul). Backends
+        whose kernels detect non-finite inputs while reading them (``Backend.checks_finite``)
+        skip this extra pass over the inputs.
+        """
+        if self.quant is None:
+            return
+        for x, name in ((self.q, "q"), (self.k, "k"), (self.v, "v"), (self.initial_state, "initial_state")):
+            if x is not None:
+                _check_finite(x, name)
+
     @property
     def num_sequences(self) -> int:
         return self.q.shape[0] if self.cu_seqlens is None else self.cu_seqlens.numel() - 1
@@ -39,15 +52,20 @@ def _check_tensor(x, name: str, shape_doc: str) -> None:
         raise ValueError(f"{name} must have rank 4 with shape {shape_doc}, got shape {list(x.shape)}")
 
 
+def nonfinite_error(name: str) -> ValueError:
+    """The error for a quantized call whose input ``name`` holds inf or NaN."""
+    return ValueError(
+        f"{name} holds inf or NaN values; quantization scales computed from them would "
+        "corrupt every value that shares the scale"
+    )
+
+
 def _check_finite(x: torch.Tensor, name: str) -> None:
     # One reduction pass: min and max propagate NaN and expose +-inf, so both are finite exactly
     # when every element is (torch.isfinite(x).all() materializes a bool tensor: 3x slower).
     lo, hi = torch.aminmax(x.detach())
     if not (bool(torch.isfinite(lo)) and bool(torch.isfinite(hi))):
-        raise ValueError(
-            f"{name} holds inf or NaN values; quantization scales computed from them would "
-            "corrupt every value that shares the scale"
-        )
+        raise nonfinite_error(name)
 
 
 def _check_cu_seqlens(cu_seqlens, B: int, T: int) -> torch.Tensor:
@@ -119,11 +137,8 @@ def validate_call(
             )
         if initial_state.device != q.device:
             raise ValueError(f"initial_state must be on {q.device}, got {initial_state.device}")
-    cfg = resolve_quant(quant)
-    if cfg is not None:
-        for x, name in ((q, "q"), (k, "k"), (v, "v"), (initial_state, "initial_state")):
-            if x is not None:
-                _check_finite(x, name)
+    # Finiteness of the inputs is checked after backend selection (RetentionCall.check_finite, or
+    # inside kernels that see every input element anyway): it is a full pass over the inputs.
     return RetentionCall(
         q=q,
         k=k,
@@ -133,5 +148,5 @@ def validate_call(
         initial_state=initial_state,
         output_final_state=output_final_state,
         cu_seqlens=cs,
-        quant=cfg,
+        quant=resolve_quant(quant),
     )

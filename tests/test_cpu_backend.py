@@ -183,6 +183,23 @@ def test_bad_inputs_raise_before_the_kernel():
         )
 
 
+@pytest.mark.parametrize("op", [chunk_retention, fused_recurrent_retention], ids=["chunk", "recurrent"])
+@pytest.mark.parametrize("name", ["q", "k", "v", "initial_state"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")], ids=["nan", "inf", "-inf"])
+def test_kernels_flag_nonfinite_inputs(op, name, bad, isa):
+    # The cpu backend skips the Python finiteness pass: its kernels flag inf/NaN while reading.
+    # One bad element, in the last (partial) chunk, the second head, a column past 16.
+    B, T, H, K, V = 2, 70, 2, 33, 20
+    q, k, v, s = _inputs(B, T, H, K, V, init=True)
+    x = {"q": q, "k": k, "v": v, "initial_state": s}[name]
+    idx = (1, 1, K - 1, V - 1) if name == "initial_state" else (1, T - 3, 1, x.shape[-1] - 2)
+    x[idx] = bad
+    with pytest.raises(ValueError, match=f"^{name} holds inf or NaN"):
+        op(q, k, v, initial_state=s, quant="int8", backend="cpu")
+    x[idx] = 0.0
+    op(q, k, v, initial_state=s, quant="int8", backend="cpu")  # finite again: runs
+
+
 def test_unsupported_calls_have_reasons():
     q, k, v, _ = _inputs(1, 10, 2, 32, 32)
     with pytest.raises(RuntimeError, match="default int8"):

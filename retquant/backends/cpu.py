@@ -17,7 +17,7 @@ from retquant.backends import cpu_extension
 from retquant.backends.registry import Backend, register_backend
 from retquant.constants import CHUNK_SIZE
 from retquant.decay import chunk_decay_tables
-from retquant.validate import RetentionCall
+from retquant.validate import RetentionCall, nonfinite_error
 
 SUPPORTED_OPS = ("chunk", "fused_recurrent")
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -96,6 +96,16 @@ def _last_lengths(offsets: torch.Tensor, chunk_size: int):
     return {(n - 1) % chunk_size + 1 for n in lens}
 
 
+_NONFINITE_BITS = ((1, "q"), (2, "k"), (4, "v"), (8, "initial_state"))  # csrc/chunk_retention.h
+
+
+def _raise_nonfinite(status: int) -> None:
+    """The kernels flag inf/NaN inputs while reading them (no extra pass): name the first."""
+    for bit, name in _NONFINITE_BITS:
+        if status & bit:
+            raise nonfinite_error(name)
+
+
 def chunk_raw(call: RetentionCall, use_vnni: bool | None = None, debug_chunks: int = 0):
     """Run the chunk kernel on ``call``: ``(o f32 [B*T, H, V], final f32 [N, H, K, V])``, or with
     ``debug_chunks > 0`` also the four int32 accumulators (tests)."""
@@ -125,7 +135,7 @@ def chunk_raw(call: RetentionCall, use_vnni: bool | None = None, debug_chunks: i
     T, H, V = q.shape[0], q.shape[1], v.shape[2]
     out = ops.empty_f32([T, H, V])  # huge pages: a fresh output's 4 KiB page faults cost more
     final = torch.empty(offsets.numel() - 1, H, q.shape[2], V, dtype=torch.float32)
-    ops.chunk_fwd(*args, out, final)
+    _raise_nonfinite(ops.chunk_fwd(*args, out, final))
     return out, final
 
 
@@ -139,7 +149,7 @@ def recurrent_raw(call: RetentionCall):
     out = torch.empty(T, H, V, dtype=torch.float32)
     final = torch.empty(offsets.numel() - 1, H, q.shape[2], V, dtype=torch.float32)
     avx512 = cpu_extension.use_vnni()
-    ops.recurrent_fwd(q, k, v, offsets, call.scale, gamma, _init(call), out, final, avx512)
+    _raise_nonfinite(ops.recurrent_fwd(q, k, v, offsets, call.scale, gamma, _init(call), out, final, avx512))
     return out, final
 
 
@@ -161,5 +171,6 @@ register_backend(
         name="cpu",
         impls={"chunk": chunk, "fused_recurrent": fused_recurrent},
         unsupported=unsupported,
+        checks_finite=True,
     )
 )

@@ -27,11 +27,14 @@ class Backend:
 
     ``unsupported(op, call)`` returns ``None`` when ``impls[op]`` can run the call, else the
     reason in words (missing compiler, no GPU, configuration the kernel does not implement...).
+    ``checks_finite``: the impls raise ``validate.nonfinite_error`` themselves (their kernels flag
+    inf/NaN inputs while reading them); otherwise :func:`select_impl` checks before returning.
     """
 
     name: str
     impls: dict[str, Impl]
     unsupported: Callable[[str, RetentionCall], str | None]
+    checks_finite: bool = False
 
 
 _REGISTRY: dict[str, Backend] = {}
@@ -62,7 +65,14 @@ def _why_not(name: str, op: str, call: RetentionCall) -> str | None:
 
 
 def select_impl(op: str, call: RetentionCall, backend: str | None) -> Impl:
-    """The implementation of ``op`` that runs ``call``."""
+    """The implementation of ``op`` that runs ``call`` (inputs checked finite for it)."""
+    chosen = _REGISTRY[_select_name(op, call, backend)]
+    if not chosen.checks_finite:
+        call.check_finite()
+    return chosen.impls[op]
+
+
+def _select_name(op: str, call: RetentionCall, backend: str | None) -> str:
     name = requested_backend(backend)
     if name != "auto":
         reason = _why_not(name, op, call)
@@ -70,12 +80,12 @@ def select_impl(op: str, call: RetentionCall, backend: str | None) -> Impl:
             raise RuntimeError(
                 f"backend {name!r} was requested for {op}_retention but cannot run it: {reason}"
             )
-        return _REGISTRY[name].impls[op]
+        return name
     if call.quant is not None:
         preferred = "triton" if call.q.device.type == "cuda" else "cpu"
         reason = _why_not(preferred, op, call)
         if reason is None:
-            return _REGISTRY[preferred].impls[op]
+            return preferred
         if (preferred, reason) not in _WARNED:
             _WARNED.add((preferred, reason))
             warnings.warn(
@@ -84,4 +94,4 @@ def select_impl(op: str, call: RetentionCall, backend: str | None) -> Impl:
                 RuntimeWarning,
                 stacklevel=3,
             )
-    return _REGISTRY["reference"].impls[op]
+    return "reference"

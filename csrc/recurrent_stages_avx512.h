@@ -1,0 +1,109 @@
+// The per-token stages of the decode kernel with AVX-512 intrinsics: the float32 operations of
+// recurrent_stages_portable.h in the same order. The K x V state is walked in blocks of up to
+// 128 columns (8 vectors) so the column amax and the q . S accumulators stay in registers.
+
+static inline __mmask16 lanes(int n) {
+  return n >= 16 ? static_cast<__mmask16>(0xFFFF)
+                 : static_cast<__mmask16>(n > 0 ? (1u << n) - 1u : 0u);
+}
+
+static inline __mmask16 nonfinite(__m512 x) { return _mm512_fpclass_ps_mask(x, 0x99); }
+
+// Codes of x / s: a true division (as the spec), clamp to +-127, round half to even.
+static inline __m512i vcodes(__m512 x, __m512 s) {
+  __m512 t = _mm512_div_ps(x, s);
+  t = _mm512_min_ps(_mm512_max_ps(t, _mm512_set1_ps(-kQmax)), _mm512_set1_ps(kQmax));
+  return _mm512_cvt_roundps_epi32(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+
+static inline bool quant_token(const float* x, float mul, bool scaled, int n, float* tmp,
+                               int32_t* codes, float* scale) {
+  __m512 m = _mm512_setzero_ps();
+  __mmask16 bad = 0;
+  const __m512 vm = _mm512_set1_ps(mul);
+  for (int i = 0; i < n; i += 16) {
+    __m512 xi = _mm512_maskz_loadu_ps(lanes(n - i), x + i);
+    bad |= nonfinite(xi);
+    if (scaled) xi = _mm512_mul_ps(xi, vm);
+    _mm512_storeu_ps(tmp + i, xi);
+    m = _mm512_max_ps(m, _mm512_abs_ps(xi));
+  }
+  const float s = scale_from_amax(_mm512_reduce_max_ps(m));
+  const __m512 vs = _mm512_set1_ps(s);
+  for (int i = 0; i < n; i += 16) _mm512_storeu_si512(codes + i, vcodes(_mm512_loadu_ps(tmp + i), vs));
+  *scale = s;
+  return bad == 0;
+}
+
+// Columns [v0, v0 + 16 NV) of the state update (masked past V).
+template <int NV>
+static inline __mmask16 update_block(const float* src, float* S, int K, int V, int v0, float g,
+                                     const int32_t* ki, const float* vf, float skv, float* amax) {
+  __m512 am[NV], vfv[NV];
+  __mmask16 m[NV], bad = 0;
+  for (int j = 0; j < NV; ++j) {
+    am[j] = _mm512_setzero_ps();
+    vfv[j] = _mm512_loadu_ps(vf + v0 + 16 * j);
+    m[j] = lanes(V - v0 - 16 * j);
+  }
+  const __m512 vg = _mm512_set1_ps(g), vskv = _mm512_set1_ps(skv);
+  for (int k = 0; k < K; ++k) {
+    const __m512 kc = _mm512_set1_ps(static_cast<float>(ki[k]));
+    float* row = S + static_cast<int64_t>(k) * V + v0;
+    for (int j = 0; j < NV; ++j) {
+      __m512 old = _mm512_setzero_ps();
+      if (src != nullptr) {
+        old = _mm512_maskz_loadu_ps(m[j], src + static_cast<int64_t>(k) * V + v0 + 16 * j);
+        bad |= nonfinite(old);
+      }
+      const __m512 upd = _mm512_mul_ps(_mm512_mul_ps(kc, vfv[j]), vskv);
+      const __m512 sn = _mm512_add_ps(_mm512_mul_ps(old, vg), upd);
+      _mm512_mask_storeu_ps(row + 16 * j, m[j], sn);
+      am[j] = _mm512_max_ps(am[j], _mm512_maskz_mov_ps(m[j], _mm512_abs_ps(sn)));
+    }
+  }
+  for (int j = 0; j < NV; ++j) _mm512_storeu_ps(amax + v0 + 16 * j, am[j]);
+  return bad;
+}
+
+static inline bool update_state(const float* src, float* S, int K, int V, float g,
+                                const int32_t* ki, const float* vf, float skv, float* amax) {
+  __mmask16 bad = 0;
+  int v0 = 0;
+  for (; v0 + 128 <= V; v0 += 128) bad |= update_block<8>(src, S, K, V, v0, g, ki, vf, skv, amax);
+  for (; v0 < V; v0 += 16) bad |= update_block<1>(src, S, K, V, v0, g, ki, vf, skv, amax);
+  return bad == 0;
+}
+
+template <int NV>
+static inline void dot_block(const float* S, int K, int V, int v0, const float* amax, float* sS,
+                             const int32_t* qi, int32_t* acc) {
+  __m512 sc[NV];
+  __m512i ac[NV];
+  __mmask16 m[NV];
+  for (int j = 0; j < NV; ++j) {
+    m[j] = lanes(V - v0 - 16 * j);
+    const __m512 a = _mm512_loadu_ps(amax + v0 + 16 * j);
+    const __m512 s = _mm512_div_ps(a, _mm512_set1_ps(kQmax));
+    sc[j] = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(s, _mm512_setzero_ps(), _CMP_GT_OQ),
+                                 _mm512_set1_ps(1.f), s);
+    _mm512_storeu_ps(sS + v0 + 16 * j, sc[j]);
+    ac[j] = _mm512_setzero_si512();
+  }
+  for (int k = 0; k < K; ++k) {
+    const __m512i qk = _mm512_set1_epi32(qi[k]);
+    const float* row = S + static_cast<int64_t>(k) * V + v0;
+    for (int j = 0; j < NV; ++j) {
+      const __m512i c = vcodes(_mm512_maskz_loadu_ps(m[j], row + 16 * j), sc[j]);
+      ac[j] = _mm512_add_epi32(ac[j], _mm512_mullo_epi32(c, qk));
+    }
+  }
+  for (int j = 0; j < NV; ++j) _mm512_storeu_si512(acc + v0 + 16 * j, ac[j]);
+}
+
+static inline void state_dot(const float* S, int K, int V, const float* amax, float* sS,
+                             const int32_t* qi, int32_t* acc) {
+  int v0 = 0;
+  for (; v0 + 128 <= V; v0 += 128) dot_block<8>(S, K, V, v0, amax, sS, qi, acc);
+  for (; v0 < V; v0 += 16) dot_block<1>(S, K, V, v0, amax, sS, qi, acc);
+}
