@@ -42,8 +42,10 @@ static int run_tasks(const RecurrentParams& p, int64_t begin, int64_t end) {
       bad |= quant_token(p.k + (t * H + h) * K, 1.f, false, K, tmp, ki, &sk) ? 0 : kNonFiniteK;
       bad |= quant_token(p.v + (t * H + h) * V, 1.f, false, V, tmp, acc, &sv) ? 0 : kNonFiniteV;
       for (int v = 0; v < V; ++v) vf[v] = static_cast<float>(acc[v]);  // exact (|code| <= 127)
-      const bool src_finite = update_state(src, S, K, V, g, ki, vf, sk * sv, amax);
-      if (!src_finite && src != S) bad |= kNonFiniteState;  // only the initial state is input
+      // The initial state (user input, possibly S itself when updated in place) is checked
+      // while the first token reads it; later states are this kernel's own.
+      const bool first = t == p.offsets[n];
+      if (!update_state(src, S, K, V, g, ki, vf, sk * sv, amax, first)) bad |= kNonFiniteState;
       src = S;
       state_dot(S, K, V, amax, sS, qi, acc);
       float* o = p.out + (t * H + h) * V;

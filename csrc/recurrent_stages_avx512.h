@@ -1,6 +1,9 @@
 // The per-token stages of the decode kernel with AVX-512 intrinsics: the float32 operations of
-// recurrent_stages_portable.h in the same order. The K x V state is walked in blocks of up to
-// 128 columns (8 vectors) so the column amax and the q . S accumulators stay in registers.
+// recurrent_stages_portable.h in the same order. The K x V state is walked in blocks of kBlock
+// vectors of columns so the column amax and the q . S accumulators stay in registers (and the
+// block, updated by the first pass, is still in L1/L2 for the second).
+
+constexpr int kBlock = 4;
 
 static inline __mmask16 lanes(int n) {
   return n >= 16 ? static_cast<__mmask16>(0xFFFF)
@@ -14,6 +17,17 @@ static inline __m512i vcodes(__m512 x, __m512 s) {
   __m512 t = _mm512_div_ps(x, s);
   t = _mm512_min_ps(_mm512_max_ps(t, _mm512_set1_ps(-kQmax)), _mm512_set1_ps(kQmax));
   return _mm512_cvt_roundps_epi32(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+
+// The same codes without the clamp, for |x| <= amax and a normal s = fl(amax / 127): then
+// |x / s| <= 127 (1 + 2^-23), which rounds to at most 127 anyway.
+static inline __m512i vcodes_in_range(__m512 x, __m512 s) {
+  return _mm512_cvt_roundps_epi32(_mm512_div_ps(x, s), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+
+// True when every lane of s is a normal float (so vcodes_in_range applies to its group).
+static inline bool all_normal(__m512 s) {
+  return _mm512_cmp_ps_mask(s, _mm512_set1_ps(1.17549435e-38f), _CMP_GE_OQ) == 0xFFFF;
 }
 
 static inline bool quant_token(const float* x, float mul, bool scaled, int n, float* tmp,
@@ -35,8 +49,9 @@ static inline bool quant_token(const float* x, float mul, bool scaled, int n, fl
   return bad == 0;
 }
 
-// Columns [v0, v0 + 16 NV) of the state update (masked past V).
-template <int NV>
+// Columns [v0, v0 + 16 NV) of the state update (masked past V: those lanes stay 0); returns
+// the lanes where src held inf or NaN (checked only when src is the caller's initial state).
+template <int NV, bool kCheck>
 static inline __mmask16 update_block(const float* src, float* S, int K, int V, int v0, float g,
                                      const int32_t* ki, const float* vf, float skv, float* amax) {
   __m512 am[NV], vfv[NV];
@@ -50,16 +65,14 @@ static inline __mmask16 update_block(const float* src, float* S, int K, int V, i
   for (int k = 0; k < K; ++k) {
     const __m512 kc = _mm512_set1_ps(static_cast<float>(ki[k]));
     float* row = S + static_cast<int64_t>(k) * V + v0;
+    const float* old_row = src + static_cast<int64_t>(k) * V + v0;
     for (int j = 0; j < NV; ++j) {
-      __m512 old = _mm512_setzero_ps();
-      if (src != nullptr) {
-        old = _mm512_maskz_loadu_ps(m[j], src + static_cast<int64_t>(k) * V + v0 + 16 * j);
-        bad |= nonfinite(old);
-      }
+      const __m512 old = src != nullptr ? _mm512_maskz_loadu_ps(m[j], old_row + 16 * j) : _mm512_setzero_ps();
+      if (kCheck) bad |= nonfinite(old);
       const __m512 upd = _mm512_mul_ps(_mm512_mul_ps(kc, vfv[j]), vskv);
       const __m512 sn = _mm512_add_ps(_mm512_mul_ps(old, vg), upd);
       _mm512_mask_storeu_ps(row + 16 * j, m[j], sn);
-      am[j] = _mm512_max_ps(am[j], _mm512_maskz_mov_ps(m[j], _mm512_abs_ps(sn)));
+      am[j] = _mm512_range_ps(am[j], sn, 0x0B);  // max(|am|, |sn|) in one instruction
     }
   }
   for (int j = 0; j < NV; ++j) _mm512_storeu_ps(amax + v0 + 16 * j, am[j]);
@@ -67,11 +80,19 @@ static inline __mmask16 update_block(const float* src, float* S, int K, int V, i
 }
 
 static inline bool update_state(const float* src, float* S, int K, int V, float g,
-                                const int32_t* ki, const float* vf, float skv, float* amax) {
+                                const int32_t* ki, const float* vf, float skv, float* amax,
+                                bool check) {
   __mmask16 bad = 0;
   int v0 = 0;
-  for (; v0 + 128 <= V; v0 += 128) bad |= update_block<8>(src, S, K, V, v0, g, ki, vf, skv, amax);
-  for (; v0 < V; v0 += 16) bad |= update_block<1>(src, S, K, V, v0, g, ki, vf, skv, amax);
+  if (check && src != nullptr) {
+    for (; v0 + 16 * kBlock <= V; v0 += 16 * kBlock)
+      bad |= update_block<kBlock, true>(src, S, K, V, v0, g, ki, vf, skv, amax);
+    for (; v0 < V; v0 += 16) bad |= update_block<1, true>(src, S, K, V, v0, g, ki, vf, skv, amax);
+  } else {
+    for (; v0 + 16 * kBlock <= V; v0 += 16 * kBlock)
+      update_block<kBlock, false>(src, S, K, V, v0, g, ki, vf, skv, amax);
+    for (; v0 < V; v0 += 16) update_block<1, false>(src, S, K, V, v0, g, ki, vf, skv, amax);
+  }
   return bad == 0;
 }
 
@@ -90,12 +111,25 @@ static inline void dot_block(const float* S, int K, int V, int v0, const float* 
     _mm512_storeu_ps(sS + v0 + 16 * j, sc[j]);
     ac[j] = _mm512_setzero_si512();
   }
-  for (int k = 0; k < K; ++k) {
-    const __m512i qk = _mm512_set1_epi32(qi[k]);
-    const float* row = S + static_cast<int64_t>(k) * V + v0;
-    for (int j = 0; j < NV; ++j) {
-      const __m512i c = vcodes(_mm512_maskz_loadu_ps(m[j], row + 16 * j), sc[j]);
-      ac[j] = _mm512_add_epi32(ac[j], _mm512_mullo_epi32(c, qk));
+  bool normal = true;
+  for (int j = 0; j < NV; ++j) normal = normal && all_normal(sc[j]);
+  if (normal) {
+    for (int k = 0; k < K; ++k) {
+      const __m512i qk = _mm512_set1_epi32(qi[k]);
+      const float* row = S + static_cast<int64_t>(k) * V + v0;
+      for (int j = 0; j < NV; ++j) {
+        const __m512i c = vcodes_in_range(_mm512_maskz_loadu_ps(m[j], row + 16 * j), sc[j]);
+        ac[j] = _mm512_add_epi32(ac[j], _mm512_mullo_epi32(c, qk));
+      }
+    }
+  } else {
+    for (int k = 0; k < K; ++k) {
+      const __m512i qk = _mm512_set1_epi32(qi[k]);
+      const float* row = S + static_cast<int64_t>(k) * V + v0;
+      for (int j = 0; j < NV; ++j) {
+        const __m512i c = vcodes(_mm512_maskz_loadu_ps(m[j], row + 16 * j), sc[j]);
+        ac[j] = _mm512_add_epi32(ac[j], _mm512_mullo_epi32(c, qk));
+      }
     }
   }
   for (int j = 0; j < NV; ++j) _mm512_storeu_si512(acc + v0 + 16 * j, ac[j]);
@@ -104,6 +138,6 @@ static inline void dot_block(const float* S, int K, int V, int v0, const float* 
 static inline void state_dot(const float* S, int K, int V, const float* amax, float* sS,
                              const int32_t* qi, int32_t* acc) {
   int v0 = 0;
-  for (; v0 + 128 <= V; v0 += 128) dot_block<8>(S, K, V, v0, amax, sS, qi, acc);
+  for (; v0 + 16 * kBlock <= V; v0 += 16 * kBlock) dot_block<kBlock>(S, K, V, v0, amax, sS, qi, acc);
   for (; v0 < V; v0 += 16) dot_block<1>(S, K, V, v0, amax, sS, qi, acc);
 }

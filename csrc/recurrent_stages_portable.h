@@ -19,9 +19,10 @@ static inline bool quant_token(const float* x, float mul, bool scaled, int n, fl
 }
 
 // S = src * g + (float(k_int) * float(v_int)) * skv (src null: zeros) with the column amax of
-// the new S; returns false if src holds inf or NaN.
+// the new S; returns false if `check` and src holds inf or NaN.
 static inline bool update_state(const float* src, float* S, int K, int V, float g,
-                                const int32_t* ki, const float* vf, float skv, float* amax) {
+                                const int32_t* ki, const float* vf, float skv, float* amax,
+                                bool check) {
   float probe = 0.f;
   for (int v = 0; v < V; ++v) amax[v] = 0.f;
   for (int k = 0; k < K; ++k) {
@@ -35,7 +36,7 @@ static inline bool update_state(const float* src, float* S, int K, int V, float 
       amax[v] = a > amax[v] ? a : amax[v];
     }
   }
-  return probe == probe;
+  return !check || probe == probe;
 }
 
 // acc[v] = sum_k q_int[k] * S_int[k][v], S quantized per column (scales into sS).
