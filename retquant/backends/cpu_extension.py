@@ -111,7 +111,9 @@ def use_vnni() -> bool:
     isa = os.environ.get(ISA_ENV, "auto") or "auto"
     if isa not in ISA_CHOICES:
         raise ValueError(f"{ISA_ENV} must be one of {ISA_CHOICES}, got {isa!r}")
-    has = bool(ops().has_vnni())
+    if "vnni" not in _state:  # the CPU does not change: ask CPUID once
+        _state["vnni"] = bool(ops().has_vnni())
+    has = _state["vnni"]
     if isa == "vnni" and not has:
         raise RuntimeError(f"{ISA_ENV}=vnni but this CPU has no AVX-512 VNNI")
     return has and isa != "portable"
