@@ -3,27 +3,7 @@
 // masked loads and stores for widths that are not multiples of 16. Quantization, packing into
 // the GEMM layouts and the column sums happen in one pass per operand.
 
-static inline __mmask16 lanes(int n) {
-  return n >= 16 ? static_cast<__mmask16>(0xFFFF)
-                 : static_cast<__mmask16>(n > 0 ? (1u << n) - 1u : 0u);
-}
-
-// Codes of x / s: a true division (as the spec), clamp to +-127, round half to even.
-static inline __m512i vcodes(__m512 x, __m512 s) {
-  __m512 t = _mm512_div_ps(x, s);
-  t = _mm512_min_ps(_mm512_max_ps(t, _mm512_set1_ps(-kQmax)), _mm512_set1_ps(kQmax));
-  return _mm512_cvt_roundps_epi32(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-}
-
-// scale_from_amax on 16 lanes.
-static inline __m512 vscale(__m512 amax) {
-  const __m512 s = _mm512_div_ps(amax, _mm512_set1_ps(kQmax));
-  const __mmask16 pos = _mm512_cmp_ps_mask(s, _mm512_setzero_ps(), _CMP_GT_OQ);
-  return _mm512_mask_blend_ps(pos, _mm512_set1_ps(1.f), s);
-}
-
-// Lanes of x that are inf or NaN (fpclass: QNaN | +Inf | -Inf | SNaN).
-static inline __mmask16 nonfinite(__m512 x) { return _mm512_fpclass_ps_mask(x, 0x99); }
+#include "quant_avx512.h"
 
 static inline void prefetch_row(const float* x, int n) {
   for (int i = 0; i < n; i += 16) _mm_prefetch(reinterpret_cast<const char*>(x + i), _MM_HINT_T0);
@@ -58,9 +38,11 @@ static inline int quant_token_rows(const float* qbase, const float* kbase, int64
     const float sqa = scale_from_amax(_mm512_reduce_max_ps(m));
     s.sq[a] = sqa;
     const __m512 vsq = _mm512_set1_ps(sqa);
+    const bool q_in_range = scale_normal(sqa);
     uint8_t* qu = s.qu8 + a * K4;
     for (int c = 0; c < K; c += 16) {
-      const __m512i code = _mm512_add_epi32(vcodes(_mm512_loadu_ps(s.qs + c), vsq), bias);
+      const __m512i code =
+          _mm512_add_epi32(group_codes(_mm512_loadu_ps(s.qs + c), vsq, q_in_range), bias);
       _mm_mask_storeu_epi8(qu + c, lanes(K - c), _mm512_cvtepi32_epi8(code));
     }
     // K: amax; K~ = K * kdec[a] and its column amax; then the codes and their sum.
@@ -79,10 +61,11 @@ static inline int quant_token_rows(const float* qbase, const float* kbase, int64
     const float ska = scale_from_amax(_mm512_reduce_max_ps(m));
     s.sk[a] = ska;
     const __m512 vsk = _mm512_set1_ps(ska);
+    const bool k_in_range = scale_normal(ska);
     __m512i csum = _mm512_setzero_si512();
     int8_t* kq = s.kq + a * K16;
     for (int c = 0; c < K; c += 16) {
-      const __m512i code = vcodes(_mm512_maskz_loadu_ps(lanes(K - c), krow + c), vsk);
+      const __m512i code = group_codes(_mm512_maskz_loadu_ps(lanes(K - c), krow + c), vsk, k_in_range);
       csum = _mm512_add_epi32(csum, code);
       _mm_mask_storeu_epi8(kq + c, lanes(K - c), _mm512_cvtepi32_epi8(code));
     }
@@ -138,11 +121,13 @@ static inline void score_codes(int L, bool fused, const float* row, const float*
     const float spa = scale_from_amax(_mm512_reduce_max_ps(m));
     s.sp[a] = spa;
     const __m512 vsp = _mm512_set1_ps(spa);
+    const bool p_in_range = scale_normal(spa);
     uint8_t* pu = s.pu8 + a * C4;
     for (int b = 0; b < C4; b += 16) {
       const __mmask16 mb = lanes(nb - b);
       __m512i code = _mm512_setzero_si512();
-      if (mb != 0) code = _mm512_maskz_mov_epi32(mb, vcodes(_mm512_loadu_ps(s.P + b), vsp));
+      if (mb != 0)
+        code = _mm512_maskz_mov_epi32(mb, group_codes(_mm512_loadu_ps(s.P + b), vsp, p_in_range));
       _mm_mask_storeu_epi8(pu + b, lanes(C4 - b), _mm512_cvtepi32_epi8(_mm512_add_epi32(code, bias)));
     }
   }
@@ -174,13 +159,14 @@ static inline void quant_cols_packed(const float* x, int64_t ldx, int rows, int 
     const __mmask16 mc = lanes(n - c);
     const __m512 sc = vscale(_mm512_maskz_loadu_ps(mc, amax + c));
     _mm512_storeu_ps(scale + c, sc);
+    const bool in_range = all_normal(sc);
     __m512i cs = _mm512_setzero_si512();
     for (int r0 = 0; r0 < rows4; r0 += 4) {
       __m128i b[4];
       for (int i = 0; i < 4; ++i) {
         const int r = r0 + i;
         if (r < rows) {
-          const __m512i code = vcodes(_mm512_maskz_loadu_ps(mc, x + r * ldx + c), sc);
+          const __m512i code = group_codes(_mm512_maskz_loadu_ps(mc, x + r * ldx + c), sc, in_range);
           cs = _mm512_add_epi32(cs, code);
           b[i] = _mm512_cvtepi32_epi8(_mm512_add_epi32(code, bias));
         } else {
@@ -216,23 +202,37 @@ static inline void write_output(float* out, int64_t ldo, int L, const float* int
   }
 }
 
-static inline void update_state(float chunk_decay, Scratch& s) {
+// Columns [v0, v0 + 16 NV) of the state update, rows walked inside so the column scales and the
+// running column amax stay in registers. Lanes past V stay 0 (acc_kv is 0 there: V's padded
+// codes are 0), so no mask is needed for the amax.
+template <int NV>
+static inline void update_block(float chunk_decay, int v0, Scratch& s) {
   const int K = s.K, V = s.V, V16 = s.V16;
-  float* Samax = s.Samax;
-  for (int v = 0; v < V16; v += 16) _mm512_storeu_ps(Samax + v, _mm512_setzero_ps());
+  __m512 sv[NV], am[NV];
+  __mmask16 m[NV];
+  for (int j = 0; j < NV; ++j) {
+    sv[j] = _mm512_loadu_ps(s.sv + v0 + 16 * j);
+    am[j] = _mm512_setzero_ps();
+    m[j] = lanes(V - v0 - 16 * j);
+  }
   const __m512 cd = _mm512_set1_ps(chunk_decay);
   for (int k = 0; k < K; ++k) {
-    const int32_t* acc = s.acc_kv + k * V16;
-    float* Sk = s.S + k * V;
+    const int32_t* acc = s.acc_kv + k * V16 + v0;
+    float* Sk = s.S + static_cast<int64_t>(k) * V + v0;
     const __m512 sk = _mm512_set1_ps(s.skd[k]);
-    for (int v = 0; v < V; v += 16) {
-      const __mmask16 mv = lanes(V - v);
-      const __m512 d = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_loadu_si512(acc + v)), sk),
-                                     _mm512_loadu_ps(s.sv + v));
-      const __m512 sn = _mm512_add_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(mv, Sk + v), cd), d);
-      _mm512_mask_storeu_ps(Sk + v, mv, sn);
-      const __m512 am = _mm512_maskz_mov_ps(mv, _mm512_abs_ps(sn));
-      _mm512_storeu_ps(Samax + v, _mm512_max_ps(_mm512_loadu_ps(Samax + v), am));
+    for (int j = 0; j < NV; ++j) {
+      const __m512 d =
+          _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_loadu_si512(acc + 16 * j)), sk), sv[j]);
+      const __m512 sn = _mm512_add_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(m[j], Sk + 16 * j), cd), d);
+      _mm512_mask_storeu_ps(Sk + 16 * j, m[j], sn);
+      am[j] = _mm512_max_ps(am[j], _mm512_abs_ps(sn));
     }
   }
+  for (int j = 0; j < NV; ++j) _mm512_storeu_ps(s.Samax + v0 + 16 * j, am[j]);
+}
+
+static inline void update_state(float chunk_decay, Scratch& s) {
+  int v0 = 0;
+  for (; v0 + 64 <= s.V; v0 += 64) update_block<4>(chunk_decay, v0, s);
+  for (; v0 < s.V; v0 += 16) update_block<1>(chunk_decay, v0, s);
 }

@@ -6,7 +6,7 @@
 
 #include "chunk_retention.h"
 #include "gemm.h"
-#include "hugepage_alloc.h"
+#include "output_alloc.h"
 
 namespace retquant {
 namespace {
@@ -146,7 +146,7 @@ int64_t recurrent_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor
 
 bool has_vnni() { return cpu_has_avx512_vnni(); }
 
-at::Tensor empty_f32(at::IntArrayRef size) { return empty_hugepage_f32(size); }
+at::Tensor empty_f32(at::IntArrayRef size) { return empty_output_f32(size); }
 
 }  // namespace
 

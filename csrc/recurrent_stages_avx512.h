@@ -3,32 +3,9 @@
 // vectors of columns so the column amax and the q . S accumulators stay in registers (and the
 // block, updated by the first pass, is still in L1/L2 for the second).
 
+#include "quant_avx512.h"
+
 constexpr int kBlock = 4;
-
-static inline __mmask16 lanes(int n) {
-  return n >= 16 ? static_cast<__mmask16>(0xFFFF)
-                 : static_cast<__mmask16>(n > 0 ? (1u << n) - 1u : 0u);
-}
-
-static inline __mmask16 nonfinite(__m512 x) { return _mm512_fpclass_ps_mask(x, 0x99); }
-
-// Codes of x / s: a true division (as the spec), clamp to +-127, round half to even.
-static inline __m512i vcodes(__m512 x, __m512 s) {
-  __m512 t = _mm512_div_ps(x, s);
-  t = _mm512_min_ps(_mm512_max_ps(t, _mm512_set1_ps(-kQmax)), _mm512_set1_ps(kQmax));
-  return _mm512_cvt_roundps_epi32(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-}
-
-// The same codes without the clamp, for |x| <= amax and a normal s = fl(amax / 127): then
-// |x / s| <= 127 (1 + 2^-23), which rounds to at most 127 anyway.
-static inline __m512i vcodes_in_range(__m512 x, __m512 s) {
-  return _mm512_cvt_roundps_epi32(_mm512_div_ps(x, s), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-}
-
-// True when every lane of s is a normal float (so vcodes_in_range applies to its group).
-static inline bool all_normal(__m512 s) {
-  return _mm512_cmp_ps_mask(s, _mm512_set1_ps(1.17549435e-38f), _CMP_GE_OQ) == 0xFFFF;
-}
 
 static inline bool quant_token(const float* x, float mul, bool scaled, int n, float* tmp,
                                int32_t* codes, float* scale) {
@@ -44,7 +21,9 @@ static inline bool quant_token(const float* x, float mul, bool scaled, int n, fl
   }
   const float s = scale_from_amax(_mm512_reduce_max_ps(m));
   const __m512 vs = _mm512_set1_ps(s);
-  for (int i = 0; i < n; i += 16) _mm512_storeu_si512(codes + i, vcodes(_mm512_loadu_ps(tmp + i), vs));
+  const bool in_range = scale_normal(s);
+  for (int i = 0; i < n; i += 16)
+    _mm512_storeu_si512(codes + i, group_codes(_mm512_loadu_ps(tmp + i), vs, in_range));
   *scale = s;
   return bad == 0;
 }
@@ -104,10 +83,7 @@ static inline void dot_block(const float* S, int K, int V, int v0, const float* 
   __mmask16 m[NV];
   for (int j = 0; j < NV; ++j) {
     m[j] = lanes(V - v0 - 16 * j);
-    const __m512 a = _mm512_loadu_ps(amax + v0 + 16 * j);
-    const __m512 s = _mm512_div_ps(a, _mm512_set1_ps(kQmax));
-    sc[j] = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(s, _mm512_setzero_ps(), _CMP_GT_OQ),
-                                 _mm512_set1_ps(1.f), s);
+    sc[j] = vscale(_mm512_loadu_ps(amax + v0 + 16 * j));
     _mm512_storeu_ps(sS + v0 + 16 * j, sc[j]);
     ac[j] = _mm512_setzero_si512();
   }

@@ -133,7 +133,7 @@ def chunk_raw(call: RetentionCall, use_vnni: bool | None = None, debug_chunks: i
     if debug_chunks:
         return ops.chunk_fwd_debug(*args, debug_chunks)
     T, H, V = q.shape[0], q.shape[1], v.shape[2]
-    out = ops.empty_f32([T, H, V])  # huge pages: a fresh output's 4 KiB page faults cost more
+    out = ops.empty_f32([T, H, V])  # from freed outputs: a fresh one page-faults (csrc/output_alloc.cpp)
     final = torch.empty(offsets.numel() - 1, H, q.shape[2], V, dtype=torch.float32)
     _raise_nonfinite(ops.chunk_fwd(*args, out, final))
     return out, final

@@ -33,7 +33,7 @@ SOURCES = (
     "recurrent_avx512.cpp",
     "gemm_portable.cpp",
     "gemm_vnni.cpp",
-    "hugepage_alloc.cpp",
+    "output_alloc.cpp",
     "gemm_bench.cpp",
 )
 CFLAGS = ["-O3", "-g", "-std=c++17", "-fopenmp", "-ffp-contract=off", "-fno-fast-math"]
