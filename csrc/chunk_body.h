@@ -102,6 +102,15 @@ static int run_tasks(const ChunkParams& p, int64_t begin, int64_t end) {
     for (int64_t t0 = start; t0 < stop; t0 += p.C, ++ci) {
       const int L = static_cast<int>(stop - t0 < p.C ? stop - t0 : p.C);
       for (int h = h0; h < h1; ++h) {
+        // The next step: the next head of this chunk, else the group's first head next chunk.
+        const int64_t tn = h + 1 < h1 ? t0 : t0 + p.C;
+        const int hn = h + 1 < h1 ? h + 1 : h0;
+        s.pf_rows = tn < stop ? static_cast<int>(stop - tn < p.C ? stop - tn : p.C) : 0;
+        if (s.pf_rows > 0) {
+          s.pf_q = p.q + (tn * p.H + hn) * p.K;
+          s.pf_k = p.k + (tn * p.H + hn) * p.K;
+          s.pf_v = p.v + (tn * p.H + hn) * p.V;
+        }
         s.S = states + (h - h0) * kv;
         s.Samax = states + kv * G + (h - h0) * V16;
         const int64_t dbg = p.dbg_qk ? (n * p.H + h) * p.dbg_chunks + ci : -1;

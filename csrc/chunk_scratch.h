@@ -23,6 +23,9 @@ struct Scratch {
   int32_t *cs_k, *cs_v, *cs_s;  // column sums of the B operands
   int32_t *acc_qk, *acc_pv, *acc_qs, *acc_kv;
   int bad;         // inputs seen holding inf/NaN (kNonFinite* flags of chunk_retention.h)
+  // Rows of the next (chunk, head) step, prefetched into L2 during this one (null: none).
+  const float *pf_q, *pf_k, *pf_v;
+  int pf_rows;
   void* arena;
 };
 
@@ -76,6 +79,8 @@ static inline bool scratch_init(Scratch& s, int C, int K, int V) {
   s.S = nullptr;
   s.Samax = nullptr;
   s.bad = 0;
+  s.pf_q = s.pf_k = s.pf_v = nullptr;
+  s.pf_rows = 0;
   std::memset(s.qu8, 128, C4 * K4);
   std::memset(s.kdp, 128, C4 * K16);
   return true;

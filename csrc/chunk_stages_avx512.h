@@ -5,8 +5,36 @@
 
 #include "quant_avx512.h"
 
+// In-register transpose of a 16 x 16 matrix of 32-bit words (rows r[0..15]).
+static inline void transpose16x16_epi32(__m512i r[16]) {
+  __m512i t[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+    r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+    r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+    r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+  }
+  for (int i = 0; i < 16; i += 8)
+    for (int j = 0; j < 4; ++j) {
+      t[i + j] = _mm512_shuffle_i32x4(r[i + j], r[i + j + 4], 0x88);
+      t[i + j + 4] = _mm512_shuffle_i32x4(r[i + j], r[i + j + 4], 0xdd);
+    }
+  for (int j = 0; j < 8; ++j) {
+    r[j] = _mm512_shuffle_i32x4(t[j], t[j + 8], 0x88);
+    r[j + 8] = _mm512_shuffle_i32x4(t[j], t[j + 8], 0xdd);
+  }
+}
+
 static inline void prefetch_row(const float* x, int n) {
   for (int i = 0; i < n; i += 16) _mm_prefetch(reinterpret_cast<const char*>(x + i), _MM_HINT_T0);
+}
+
+static inline void prefetch_row_l2(const float* x, int n) {
+  for (int i = 0; i < n; i += 16) _mm_prefetch(reinterpret_cast<const char*>(x + i), _MM_HINT_T1);
 }
 
 // Returns the inputs seen non-finite (kNonFiniteQ | kNonFiniteK).
@@ -26,6 +54,11 @@ static inline int quant_token_rows(const float* qbase, const float* kbase, int64
       prefetch_row(krow + 4 * ldq, K);
     }
     prefetch_row(vbase + a * ldv, V);  // V is read right after this stage
+    if (a < s.pf_rows) {  // the next step's rows: a whole step of lead time over DRAM latency
+      prefetch_row_l2(s.pf_q + a * ldq, K);
+      prefetch_row_l2(s.pf_k + a * ldq, K);
+      prefetch_row_l2(s.pf_v + a * ldv, V);
+    }
     // Q: scaled row and its amax, then the codes + 128.
     __m512 m = _mm512_setzero_ps();
     for (int c = 0; c < K; c += 16) {
@@ -72,11 +105,20 @@ static inline int quant_token_rows(const float* qbase, const float* kbase, int64
     s.cs_k[a] = _mm512_reduce_add_epi32(csum);
   }
   for (int a = L; a < s.C4; ++a) std::memset(s.qu8 + a * K4, 128, K4);
-  // kp[g][a] (4 bytes) = kq[a][4g .. 4g+3]: a 32-bit transpose, 16 token rows per gather.
+  // kp[g][a] (4 bytes) = kq[a][4g .. 4g+3]: a transpose of 32-bit words, in 16 x 16 blocks in
+  // registers; word columns past the last full block of 16 by gathers.
+  const int G = K4 / 4;
+  int g0 = 0;
+  for (; g0 + 16 <= G; g0 += 16)
+    for (int a0 = 0; a0 < L; a0 += 16) {
+      __m512i r[16];
+      for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_si512(s.kq + (a0 + i) * K16 + 4 * g0);
+      transpose16x16_epi32(r);
+      for (int j = 0; j < 16; ++j) _mm512_storeu_si512(s.kp + ((g0 + j) * C16 + a0) * 4, r[j]);
+    }
   const __m512i rows = _mm512_mullo_epi32(
-      _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-      _mm512_set1_epi32(K16));
-  for (int g = 0; g < K4 / 4; ++g)
+      _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32(K16));
+  for (int g = g0; g < G; ++g)
     for (int a0 = 0; a0 < L; a0 += 16) {
       const __m512i w = _mm512_i32gather_epi32(rows, s.kq + a0 * K16 + 4 * g, 1);
       _mm512_storeu_si512(s.kp + (g * C16 + a0) * 4, w);
