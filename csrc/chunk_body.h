@@ -2,8 +2,9 @@
 // and once with the AVX-512 target (the VNNI path), by chunk_portable.cpp / chunk_avx512.cpp.
 // Each defines RQ_BODY_NS (namespace of its copy), RQ_GEMM (its int8 GEMM) and RQ_STAGES (the
 // header holding its per-element stages: chunk_stages_portable.h or chunk_stages_avx512.h)
-// before including this file. Only C functions and intrinsics are used (no std:: templates), so
-// the two copies share no inline code.
+// before including this file. Everything here and in the included headers is defined inside
+// RQ_BODY_NS and no std:: templates are instantiated, so the two copies (compiled for different
+// ISAs) share no inline code the linker could merge.
 //
 // Follows retquant/ops/retention/int_chunk.py (default int8 config) step by step, in the spec's
 // float32 operation order, so the integer accumulators are identical and the outputs match:
@@ -120,6 +121,7 @@ static int run_tasks(const ChunkParams& p, int64_t begin, int64_t end) {
     for (int h = h0; h < h1; ++h)
       std::memcpy(p.final_state + (n * p.H + h) * kv, states + (h - h0) * kv, kv * sizeof(float));
   }
+  finish_stores();
   std::free(states);
   std::free(s.arena);
   return s.bad;

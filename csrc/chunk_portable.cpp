@@ -1,5 +1,4 @@
-// The chunk kernel body for the baseline ISA (any x86-64 / any CPU with SSE2-class intrinsics).
-#include <emmintrin.h>
+// The chunk kernel body for the baseline ISA: plain C++ (chunk_stages_portable.h), any CPU.
 
 #include <cmath>
 #include <cstdint>

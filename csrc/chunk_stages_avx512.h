@@ -239,7 +239,12 @@ static inline void write_output(float* out, int64_t ldo, int L, const float* int
           _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_loadu_si512(apv + v)), spa), _mm512_loadu_ps(s.sv + v));
       const __m512 inter_v = _mm512_mul_ps(
           _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_loadu_si512(aqs + v)), qi), _mm512_loadu_ps(s.sS + v));
-      _mm512_mask_storeu_ps(o + v, lanes(V - v), _mm512_add_ps(intra, inter_v));
+      const __m512 ov = _mm512_add_ps(intra, inter_v);
+      if (v + 16 <= V && (reinterpret_cast<uintptr_t>(o + v) & 63) == 0) {
+        _mm512_stream_ps(o + v, ov);  // the output is not read again: skip the read-for-ownership
+      } else {
+        _mm512_mask_storeu_ps(o + v, lanes(V - v), ov);
+      }
     }
   }
 }
@@ -272,6 +277,9 @@ static inline void update_block(float chunk_decay, int v0, Scratch& s) {
   }
   for (int j = 0; j < NV; ++j) _mm512_storeu_ps(s.Samax + v0 + 16 * j, am[j]);
 }
+
+// Orders write_output's streaming stores before the caller reads the output.
+static inline void finish_stores() { _mm_sfence(); }
 
 static inline void update_state(float chunk_decay, Scratch& s) {
   int v0 = 0;

@@ -139,6 +139,9 @@ static inline void write_output(float* out, int64_t ldo, int L, const float* int
   }
 }
 
+// (write_output uses plain stores here: nothing to order.)
+static inline void finish_stores() {}
+
 // S = S * g^L + (acc_kv * s_K~[k]) * s_v[v], taking the new state's column amax as it is written.
 static inline void update_state(float chunk_decay, Scratch& s) {
   const int K = s.K, V = s.V, V16 = s.V16;
