@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import retquant.ops  # noqa: F401  (import order: ops before backends)
-from retquant.backends import cpu, cpu_extension
+from retquant.backends import cpu, cpu_extension, cpu_ops
 from retquant.ops import chunk_retention, fused_recurrent_retention
 from retquant.ops.retention.int_chunk import int_chunk_retention
 from retquant.validate import validate_call
@@ -120,28 +120,12 @@ def test_outputs_fully_written(isa):
     """NaN-poisoned output buffers: every element must be overwritten by the kernel."""
     q, k, v, _ = _inputs(2, 99, 2, 100, 72, seed=3)
     call = validate_call(q, k, v, quant="int8")
-    t = cpu.decay_tables(call.g_gamma, {99 % 64})
     off = torch.tensor([0, 99, 198])
     out = torch.full((198, 2, 72), float("nan"))
     fin = torch.full((2, 2, 100, 72), float("nan"))
-    torch.ops.retquant.chunk_fwd(
-        cpu._tokens(q),
-        cpu._tokens(k),
-        cpu._tokens(v),
-        off,
-        call.scale,
-        t["row"],
-        t["col"],
-        t["mask"],
-        t["inter"],
-        t["kdec"],
-        t["chunk"],
-        t["fused"],
-        None,
-        isa == "vnni",
-        out,
-        fin,
-    )
+    tokens = (cpu._tokens(q), cpu._tokens(k), cpu._tokens(v))
+    args = cpu_ops.chunk_args(*tokens, off, call.scale, call.g_gamma, None, isa == "vnni")
+    torch.ops.retquant.chunk_fwd(*args, out, fin)
     assert torch.isfinite(out).all() and torch.isfinite(fin).all()
     gamma = torch.exp(call.g_gamma).float()
     out.fill_(float("nan"))

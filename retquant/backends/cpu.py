@@ -13,16 +13,12 @@ from __future__ import annotations
 
 import torch
 
-from retquant.backends import cpu_extension
+from retquant.backends import cpu_extension, cpu_ops
 from retquant.backends.registry import Backend, register_backend
-from retquant.constants import CHUNK_SIZE
-from retquant.decay import chunk_decay_tables
-from retquant.validate import RetentionCall, nonfinite_error
+from retquant.validate import RetentionCall
 
 SUPPORTED_OPS = ("chunk", "fused_recurrent")
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-
-_TABLE_CACHE: dict[tuple, object] = {}
 
 
 def unsupported(op: str, call: RetentionCall) -> str | None:
@@ -61,96 +57,23 @@ def _init(call: RetentionCall) -> torch.Tensor | None:
     return None if s is None else s.detach().to(torch.float32).contiguous()
 
 
-def decay_tables(g_gamma: torch.Tensor, lengths, chunk_size: int = CHUNK_SIZE):
-    """The kernel's decay tables (row, col, mask, inter, kdec, chunk, fused) from
-    :func:`retquant.decay.chunk_decay_tables`: kdec/chunk are indexed by chunk length L and
-    filled for L = chunk_size and every length in ``lengths``."""
-    g = g_gamma.detach().to("cpu", torch.float64)
-    key = (tuple(g.tolist()), chunk_size)
-    entry = _TABLE_CACHE.get(key)
-    if entry is None:
-        full = chunk_decay_tables(g, chunk_size, chunk_size)
-        H, C = g.numel(), chunk_size
-        entry = {
-            "row": full.row.contiguous(),
-            "col": full.col.contiguous(),
-            "mask": full.mask.contiguous(),
-            "inter": full.inter.contiguous(),
-            "fused": full.fused.to(torch.uint8).contiguous(),
-            "kdec": torch.zeros(H, C + 1, C),
-            "chunk": torch.zeros(H, C + 1),
-            "filled": set(),
-        }
-        _TABLE_CACHE[key] = entry
-    for L in {chunk_size, *lengths}:
-        if L not in entry["filled"]:
-            t = chunk_decay_tables(g, L, chunk_size)
-            entry["kdec"][:, L, :L] = t.kdec
-            entry["chunk"][:, L] = t.chunk
-            entry["filled"].add(L)
-    return entry
-
-
-def _last_lengths(offsets: torch.Tensor, chunk_size: int):
-    lens = (offsets[1:] - offsets[:-1]).tolist()
-    return {(n - 1) % chunk_size + 1 for n in lens}
-
-
-_NONFINITE_BITS = ((1, "q"), (2, "k"), (4, "v"), (8, "initial_state"))  # csrc/chunk_retention.h
-
-
-def _raise_nonfinite(status: int) -> None:
-    """The kernels flag inf/NaN inputs while reading them (no extra pass): name the first."""
-    for bit, name in _NONFINITE_BITS:
-        if status & bit:
-            raise nonfinite_error(name)
-
-
 def chunk_raw(call: RetentionCall, use_vnni: bool | None = None, debug_chunks: int = 0):
     """Run the chunk kernel on ``call``: ``(o f32 [B*T, H, V], final f32 [N, H, K, V])``, or with
-    ``debug_chunks > 0`` also the four int32 accumulators (tests)."""
-    ops = cpu_extension.ops()
-    vnni = cpu_extension.use_vnni() if use_vnni is None else use_vnni
+    ``debug_chunks > 0`` (tests; ISA from ``use_vnni``) also the four int32 accumulators."""
     q, k, v = _tokens(call.q), _tokens(call.k), _tokens(call.v)
-    offsets = _offsets(call)
-    t = decay_tables(call.g_gamma, _last_lengths(offsets, CHUNK_SIZE))
-    args = (
-        q,
-        k,
-        v,
-        offsets,
-        call.scale,
-        t["row"],
-        t["col"],
-        t["mask"],
-        t["inter"],
-        t["kdec"],
-        t["chunk"],
-        t["fused"],
-        _init(call),
-        vnni,
-    )
+    args = (q, k, v, _offsets(call), call.scale, call.g_gamma, _init(call))
     if debug_chunks:
-        return ops.chunk_fwd_debug(*args, debug_chunks)
-    T, H, V = q.shape[0], q.shape[1], v.shape[2]
-    out = ops.empty_f32([T, H, V])  # from freed outputs: a fresh one page-faults (csrc/output_alloc.cpp)
-    final = torch.empty(offsets.numel() - 1, H, q.shape[2], V, dtype=torch.float32)
-    _raise_nonfinite(ops.chunk_fwd(*args, out, final))
-    return out, final
+        vnni = cpu_extension.use_vnni() if use_vnni is None else use_vnni
+        return cpu_extension.ops().chunk_fwd_debug(*cpu_ops.chunk_args(*args, vnni), debug_chunks)
+    return torch.ops.retquant.cpu_chunk_int8(*args)
 
 
 def recurrent_raw(call: RetentionCall):
     """Run the recurrent kernel on ``call``: ``(o f32 [B*T, H, V], final f32 [N, H, K, V])``."""
-    ops = cpu_extension.ops()
     q, k, v = _tokens(call.q), _tokens(call.k), _tokens(call.v)
-    offsets = _offsets(call)
-    gamma = torch.exp(call.g_gamma.detach().to("cpu", torch.float64)).float().contiguous()
-    T, H, V = q.shape[0], q.shape[1], v.shape[2]
-    out = torch.empty(T, H, V, dtype=torch.float32)
-    final = torch.empty(offsets.numel() - 1, H, q.shape[2], V, dtype=torch.float32)
-    avx512 = cpu_extension.use_vnni()
-    _raise_nonfinite(ops.recurrent_fwd(q, k, v, offsets, call.scale, gamma, _init(call), out, final, avx512))
-    return out, final
+    return torch.ops.retquant.cpu_recurrent_int8(
+        q, k, v, _offsets(call), call.scale, call.g_gamma, _init(call)
+    )
 
 
 def _finish(call: RetentionCall, out: torch.Tensor, final: torch.Tensor):

@@ -7,10 +7,13 @@ A backend asked for by name that cannot run the call is an error; the preferred 
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+
+import torch
 
 from retquant.validate import RetentionCall
 
@@ -65,7 +68,24 @@ def _why_not(name: str, op: str, call: RetentionCall) -> str | None:
 
 
 def select_impl(op: str, call: RetentionCall, backend: str | None) -> Impl:
-    """The implementation of ``op`` that runs ``call`` (inputs checked finite for it)."""
+    """The implementation of ``op`` that runs ``call`` (inputs checked finite for it).
+
+    Host-side logic (environment, build state, warnings): under torch.compile it runs eagerly and
+    the implementation it returns is traced (each backend's kernels are custom ops with fake
+    impls). The eager wrapper is made on first use under compile, so importing retquant does not
+    import torch._dynamo (nor, through it, triton before TRITON_INTERPRET is set).
+    """
+    if torch.compiler.is_compiling():
+        return _eager_select()(op, call, backend)
+    return _select(op, call, backend)
+
+
+@functools.cache
+def _eager_select():
+    return torch.compiler.disable(_select)
+
+
+def _select(op: str, call: RetentionCall, backend: str | None) -> Impl:
     chosen = _REGISTRY[_select_name(op, call, backend)]
     if not chosen.checks_finite:
         call.check_finite()
