@@ -65,7 +65,7 @@ def chunk_raw(call: RetentionCall, use_vnni: bool | None = None, debug_chunks: i
     if debug_chunks:
         vnni = cpu_extension.use_vnni() if use_vnni is None else use_vnni
         return cpu_extension.ops().chunk_fwd_debug(*cpu_ops.chunk_args(*args, vnni), debug_chunks)
-    return torch.ops.retquant.cpu_chunk_int8(*args)
+    return cpu_ops.chunk(*args)
 
 
 def recurrent_raw(call: RetentionCall):

@@ -6,6 +6,7 @@ as contiguous float32 ``[T_total, H, D]`` with sequence ``offsets [N + 1]`` (int
 giving the output shapes, which is what a compiler traces; at run time it builds the decay
 tables, calls the C++ op (``retquant::chunk_fwd`` / ``retquant::recurrent_fwd``) and raises the
 ``ValueError`` of :func:`retquant.validate.nonfinite_error` when the kernel saw inf or NaN.
+Eager calls go to the same Python functions directly (:func:`chunk`, :func:`recurrent`).
 
 Example:
     >>> from retquant.decay import default_g_gamma
@@ -83,8 +84,7 @@ def _shapes(q: torch.Tensor, v: torch.Tensor, offsets: torch.Tensor):
     return (T, H, v.shape[2]), (offsets.shape[0] - 1, H, K, v.shape[2])
 
 
-@torch.library.custom_op("retquant::cpu_chunk_int8", mutates_args=())
-def cpu_chunk_int8(
+def chunk_int8(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
@@ -104,8 +104,7 @@ def cpu_chunk_int8(
     return out, final
 
 
-@torch.library.custom_op("retquant::cpu_recurrent_int8", mutates_args=())
-def cpu_recurrent_int8(
+def recurrent_int8(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
@@ -126,8 +125,23 @@ def cpu_recurrent_int8(
     return out, final
 
 
-@cpu_chunk_int8.register_fake
-@cpu_recurrent_int8.register_fake
 def _outputs_like(q, k, v, offsets, scale, g_gamma, initial_state):
     out_shape, state_shape = _shapes(q, v, offsets)
     return q.new_empty(out_shape), q.new_empty(state_shape)
+
+
+cpu_chunk_int8 = torch.library.custom_op("retquant::cpu_chunk_int8", chunk_int8, mutates_args=())
+cpu_recurrent_int8 = torch.library.custom_op("retquant::cpu_recurrent_int8", recurrent_int8, mutates_args=())
+cpu_chunk_int8.register_fake(_outputs_like)
+cpu_recurrent_int8.register_fake(_outputs_like)
+
+
+def chunk(*args):
+    """:func:`chunk_int8` as the custom op under torch.compile, called directly otherwise (the
+    dispatcher round trip of a Python custom op costs ~20-40 us: a decode step's budget)."""
+    return cpu_chunk_int8(*args) if torch.compiler.is_compiling() else chunk_int8(*args)
+
+
+def recurrent(*args):
+    """:func:`recurrent_int8`, like :func:`chunk`."""
+    return cpu_recurrent_int8(*args) if torch.compiler.is_compiling() else recurrent_int8(*args)
