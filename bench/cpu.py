@@ -26,7 +26,7 @@ import retquant.ops  # noqa: F401  (import order: ops before backends)
 from retquant.backends import cpu, cpu_extension
 from retquant.decay import default_g_gamma
 from retquant.metrics import compare
-from retquant.ops import chunk_retention, fused_recurrent_retention
+from retquant.ops import RetentionDecoder, chunk_retention, fused_recurrent_retention
 from retquant.validate import validate_call
 
 C = 64
@@ -277,9 +277,10 @@ def main(argv=None):
 
 
 def _decode(B, H, K, V, gg, scale, gen, R):
-    """Per-token decode: the registered kernel op updating the state in place (what a serving
-    loop calls), the public op (argument checks, a new state tensor per token) and an fp32
-    PyTorch step that also updates in place; all on the same pre-split per-token inputs."""
+    """Per-token decode: the registered kernel op updating the state in place, RetentionDecoder
+    (the serving API: checked tokens, state in place), the public op (full argument checks, a new
+    state tensor per token) and an fp32 PyTorch step that also updates in place; all on the same
+    pre-split per-token inputs."""
     steps = 64
     q = torch.randn(steps, B, 1, H, K, generator=gen)
     k = torch.randn(steps, B, 1, H, K, generator=gen)
@@ -302,6 +303,12 @@ def _decode(B, H, K, V, gg, scale, gen, R):
             )
         return S
 
+    dec = RetentionDecoder(B, H, K, V, scale=scale, g_gamma=gg, quant="int8", backend="cpu", initial_state=S0)
+
+    def decoder_steps():
+        for t in range(steps):
+            dec.step(qf[t], kf[t], vf[t])
+
     def fp32_steps():
         S = S0.clone()
         for t in range(steps):
@@ -319,13 +326,18 @@ def _decode(B, H, K, V, gg, scale, gen, R):
             torch.ops.retquant.recurrent_fwd(qf[t], kf[t], vf[t], off, scale, gamma, S_op, out, S_op, avx)
 
     t_op = median_time(op_steps, R) / steps
+    t_dec = median_time(decoder_steps, R) / steps
     t_i8 = median_time(int8_steps, R) / steps
     t_f32 = median_time(fp32_steps, R) / steps
     print(f"decode step (B={B}, H={H}, K={K}, V={V}), per token, median of {R} x {steps} tokens")
     print(f"  int8 kernel (registered op, state in place):    {t_op * 1e6:8.1f} us")
+    print(f"  int8 RetentionDecoder.step (state in place):     {t_dec * 1e6:8.1f} us")
     print(f"  int8 fused_recurrent_retention(backend=cpu):     {t_i8 * 1e6:8.1f} us")
     print(f"  fp32 PyTorch step (in place, 2 ops + matmul):    {t_f32 * 1e6:8.1f} us")
-    print(f"  speed-up over fp32: {t_f32 / t_op:.2f}x (kernel), {t_f32 / t_i8:.2f}x (public op, with checks)")
+    print(
+        f"  speed-up over fp32: {t_f32 / t_op:.2f}x (kernel), {t_f32 / t_dec:.2f}x (RetentionDecoder), "
+        f"{t_f32 / t_i8:.2f}x (fused_recurrent_retention)"
+    )
 
 
 def _cpu_name() -> str:

@@ -38,7 +38,7 @@ def raise_nonfinite(status: int) -> None:
 
 
 def decay_tables(g_gamma: torch.Tensor, lengths, chunk_size: int = CHUNK_SIZE) -> dict:
-    """The kernel's decay tables (row, col, mask, inter, kdec, chunk, fused) from
+    """The kernel's decay tables (row, col, mask, inter, kdec, chunk, fused; gamma) from
     :func:`retquant.decay.chunk_decay_tables`: kdec/chunk are indexed by chunk length L and
     filled for L = chunk_size and every length in ``lengths``. Cached per ``g_gamma``."""
     g = g_gamma.detach().to("cpu", torch.float64)
@@ -53,6 +53,7 @@ def decay_tables(g_gamma: torch.Tensor, lengths, chunk_size: int = CHUNK_SIZE) -
             "mask": full.mask.contiguous(),
             "inter": full.inter.contiguous(),
             "fused": full.fused.to(torch.uint8).contiguous(),
+            "gamma": torch.exp(g).float().contiguous(),  # per head, for the decode kernel
             "kdec": torch.zeros(H, C + 1, C),
             "chunk": torch.zeros(H, C + 1),
             "filled": set(),
@@ -98,7 +99,7 @@ def chunk_int8(
     out = ops.empty_f32(
         list(out_shape)
     )  # from freed outputs: a fresh one page-faults (csrc/output_alloc.cpp)
-    final = torch.empty(state_shape, dtype=torch.float32)
+    final = ops.empty_f32(list(state_shape))
     args = chunk_args(q, k, v, offsets, scale, g_gamma, initial_state, cpu_extension.use_vnni())
     raise_nonfinite(ops.chunk_fwd(*args, out, final))
     return out, final
@@ -116,8 +117,8 @@ def recurrent_int8(
     ops = cpu_extension.ops()
     out_shape, state_shape = _shapes(q, v, offsets)
     out = torch.empty(out_shape, dtype=torch.float32)
-    final = torch.empty(state_shape, dtype=torch.float32)
-    gamma = torch.exp(g_gamma.detach().to("cpu", torch.float64)).float().contiguous()
+    final = ops.empty_f32(list(state_shape))
+    gamma = decay_tables(g_gamma, ())["gamma"]
     status = ops.recurrent_fwd(
         q, k, v, offsets, scale, gamma, initial_state, out, final, cpu_extension.use_vnni()
     )

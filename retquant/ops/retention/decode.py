@@ -1,0 +1,125 @@
+"""``RetentionDecoder``: token-by-token decoding with the retention state updated in place.
+
+The per-token call of a serving loop. It validates its configuration once, keeps the float32
+state ``[B, H, K, V]`` and, on the cpu backend with the int8 configuration, updates it in place
+with the C++ decode kernel (no new state tensor per token, no per-call argument resolution).
+On any other backend it runs :func:`fused_recurrent_retention` for one token and copies the new
+state back, so the results are the same as calling that op token by token.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from retquant.backends import cpu, cpu_extension, cpu_ops, select_impl
+from retquant.ops.retention.fused_recurrent import fused_recurrent_retention
+from retquant.validate import validate_call
+
+
+class RetentionDecoder:
+    """Decode one token per :meth:`step`, holding the retention state.
+
+    Args:
+        batch_size, num_heads, key_dim, value_dim: ``B, H, K, V``.
+        scale, g_gamma, quant, backend: as for :func:`fused_recurrent_retention`.
+        initial_state: optional ``[B, H, K, V]`` start state (copied); zeros otherwise.
+
+    Example:
+        >>> dec = RetentionDecoder(2, 4, 32, 48, quant="int8")
+        >>> o = dec.step(torch.randn(2, 4, 32), torch.randn(2, 4, 32), torch.randn(2, 4, 48))
+        >>> o.shape, dec.state.shape
+        (torch.Size([2, 4, 48]), torch.Size([2, 4, 32, 48]))
+    """
+
+    def __init__(
+        self,
+        batch_size: int,
+        num_heads: int,
+        key_dim: int,
+        value_dim: int,
+        *,
+        scale: float | None = None,
+        g_gamma: torch.Tensor | None = None,
+        quant="int8",
+        backend: str | None = None,
+        initial_state: torch.Tensor | None = None,
+        device: torch.device | str = "cpu",
+    ):
+        for name, n in (
+            ("batch_size", batch_size),
+            ("num_heads", num_heads),
+            ("key_dim", key_dim),
+            ("value_dim", value_dim),
+        ):
+            if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+                raise ValueError(f"{name} must be a positive int, got {n!r}")
+        B, H, K, V = batch_size, num_heads, key_dim, value_dim
+        state = torch.zeros(B, H, K, V, device=device) if initial_state is None else initial_state
+        # One validation of the whole configuration, on a token of zeros.
+        zq, zv = torch.zeros(B, 1, H, K, device=device), torch.zeros(B, 1, H, V, device=device)
+        call = validate_call(zq, zq, zv, scale, state, True, None, g_gamma, quant)
+        self._impl = select_impl("fused_recurrent", call, backend)
+        self.shape = (B, H, K, V)
+        self.scale, self.g_gamma, self.quant, self.backend = call.scale, call.g_gamma, call.quant, backend
+        self.state = state.detach().to(device=device, dtype=torch.float32).clone().contiguous()
+        self._kernel = self._impl is cpu.fused_recurrent
+        if self._kernel:
+            self._offsets = torch.arange(B + 1, dtype=torch.int64)
+            self._gamma = cpu_ops.decay_tables(self.g_gamma, ())["gamma"]
+
+    def reset(self, initial_state: torch.Tensor | None = None) -> None:
+        """Zero the state, or copy ``initial_state`` ``[B, H, K, V]`` into it."""
+        if initial_state is None:
+            self.state.zero_()
+        elif tuple(initial_state.shape) != self.shape:
+            got = list(initial_state.shape)
+            raise ValueError(f"initial_state must have shape [B, H, K, V]={list(self.shape)}, got {got}")
+        else:
+            self.state.copy_(initial_state)
+
+    def _check(self, x, name: str, dim: int) -> torch.Tensor:
+        B, H = self.shape[:2]
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            raise TypeError(f"{name} must be a floating torch.Tensor [B, H, {'KV'[dim == 3]}]")
+        want = (B, H, self.shape[dim])
+        if tuple(x.shape) != want:
+            raise ValueError(
+                f"{name} must have shape {list(want)} (one token per sequence), got {list(x.shape)}"
+            )
+        return x
+
+    def step(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """One token per sequence: ``q, k [B, H, K]``, ``v [B, H, V]`` -> ``o [B, H, V]`` (q's dtype).
+
+        Raises ``ValueError`` when q, k, v or the state hold inf/NaN (the state is then invalid:
+        :meth:`reset` it).
+        """
+        q, k, v = self._check(q, "q", 2), self._check(k, "k", 2), self._check(v, "v", 3)
+        if not self._kernel:
+            o, final = fused_recurrent_retention(
+                q[:, None],
+                k[:, None],
+                v[:, None],
+                self.scale,
+                self.state,
+                True,
+                g_gamma=self.g_gamma,
+                quant=self.quant,
+                backend=self.backend,
+            )
+            self.state.copy_(final)
+            return o[:, 0]
+        tokens = [x.detach().to(torch.float32).contiguous() for x in (q, k, v)]
+        out = torch.empty(self.shape[0], self.shape[1], self.shape[3])
+        status = cpu_extension.ops().recurrent_fwd(
+            *tokens,
+            self._offsets,
+            self.scale,
+            self._gamma,
+            self.state,
+            out,
+            self.state,
+            cpu_extension.use_vnni(),
+        )
+        cpu_ops.raise_nonfinite(status)
+        return out.to(q.dtype)
