@@ -19,9 +19,14 @@ namespace RQ_BODY_NS {
 #include "quant.h"
 #include RQ_STAGES
 
-// One chunk of L tokens starting at global token index t0, for head h.
+// One chunk of L tokens starting at global token index t0, for head h; T: element type of q,
+// k, v and out (float, or uint16_t holding bfloat16).
+template <typename T>
 static void chunk_step(const ChunkParams& p, Scratch& s, int64_t t0, int L, int h,
                        int64_t dbg_base) {
+  const T* q = static_cast<const T*>(p.q);
+  const T* k = static_cast<const T*>(p.k);
+  const T* v = static_cast<const T*>(p.v);
   const int C = s.C, K = s.K, V = s.V, K4 = s.K4, K16 = s.K16, V16 = s.V16, C4 = s.C4;
   const int C16 = s.C16, L4 = round_up(L, 4);
   const int H = p.H;
@@ -30,20 +35,20 @@ static void chunk_step(const ChunkParams& p, Scratch& s, int64_t t0, int L, int 
 
   // Q (scaled) and K per token -> A codes of Q K^T / Q S, B codes of Q K^T; K~ = K * g^(L-1-j)
   // and its column amax, read while the K rows are in cache.
-  s.bad |= quant_token_rows(p.q + (t0 * H + h) * K, p.k + (t0 * H + h) * K, ldq,
-                            p.v + (t0 * H + h) * V, ldv, L, p.scale, kdec, s);
+  s.bad |= quant_token_rows(q + (t0 * H + h) * K, k + (t0 * H + h) * K, ldq, v + (t0 * H + h) * V, ldv, L,
+                            p.scale, kdec, s);
   RQ_GEMM({s.qu8, K4, s.kp, C16, s.cs_k, s.acc_qk, C16, L, L, K4, true, false});
   score_codes(L, p.fused[h] != 0, p.row + h * C, p.col + h * C, p.mask + h * C * C, s);
 
   // V per channel of the chunk, packed once for both P V and K~^T V.
-  if (!col_amax(p.v + (t0 * H + h) * V, ldv, L, V, s.amax)) s.bad |= kNonFiniteV;
-  quant_cols_packed(p.v + (t0 * H + h) * V, ldv, L, L4, V, V16, s.amax, s.sv, s.vp, s.cs_v, false);
+  if (!col_amax(v + (t0 * H + h) * V, ldv, L, V, s.amax)) s.bad |= kNonFiniteV;
+  quant_cols_packed(v + (t0 * H + h) * V, ldv, L, L4, V, V16, s.amax, s.sv, s.vp, s.cs_v, false);
   RQ_GEMM({s.pu8, C4, s.vp, V16, s.cs_v, s.acc_pv, V16, L, V, L4, false, true});
 
   // S_{i-1} per column (its amax was taken by the previous state update), O_inter = Q S.
   quant_cols_packed(s.S, V, K, K4, V, V16, s.Samax, s.sS, s.Sp, s.cs_s, false);
   RQ_GEMM({s.qu8, K4, s.Sp, V16, s.cs_s, s.acc_qs, V16, L, V, K4, false, false});
-  write_output(p.out + (t0 * H + h) * V, ldv, L, p.inter + h * C, s);
+  write_output(static_cast<T*>(p.out) + (t0 * H + h) * V, ldv, L, p.inter + h * C, s);
 
   // dS = K~^T V (K~ as the A operand, 4 token rows interleaved); S = S * g^L + dS.
   quant_cols_packed(s.kd, K16, L, L4, K, K16, s.kd_amax, s.skd, reinterpret_cast<int8_t*>(s.kdp),
@@ -72,7 +77,8 @@ static void chunk_step(const ChunkParams& p, Scratch& s, int64_t t0, int L, int 
 // sequence and, per chunk, every head of its group, so the rows it loads (all heads of a token
 // are adjacent in [T, H, D]) stream through memory instead of jumping H * D floats per token.
 // Returns kOutOfMemory when scratch allocation fails, else the non-finite input flags.
-static int run_tasks(const ChunkParams& p, int64_t begin, int64_t end) {
+template <typename T>
+static int run_tasks_of(const ChunkParams& p, int64_t begin, int64_t end) {
   Scratch s;
   if (!scratch_init(s, p.C, p.K, p.V)) return kOutOfMemory;
   const int G = p.heads_per_task;
@@ -108,14 +114,14 @@ static int run_tasks(const ChunkParams& p, int64_t begin, int64_t end) {
         const int hn = h + 1 < h1 ? h + 1 : h0;
         s.pf_rows = tn < stop ? static_cast<int>(stop - tn < p.C ? stop - tn : p.C) : 0;
         if (s.pf_rows > 0) {
-          s.pf_q = p.q + (tn * p.H + hn) * p.K;
-          s.pf_k = p.k + (tn * p.H + hn) * p.K;
-          s.pf_v = p.v + (tn * p.H + hn) * p.V;
+          s.pf_q = static_cast<const T*>(p.q) + (tn * p.H + hn) * p.K;
+          s.pf_k = static_cast<const T*>(p.k) + (tn * p.H + hn) * p.K;
+          s.pf_v = static_cast<const T*>(p.v) + (tn * p.H + hn) * p.V;
         }
         s.S = states + (h - h0) * kv;
         s.Samax = states + kv * G + (h - h0) * V16;
         const int64_t dbg = p.dbg_qk ? (n * p.H + h) * p.dbg_chunks + ci : -1;
-        chunk_step(p, s, t0, L, h, dbg);
+        chunk_step<T>(p, s, t0, L, h, dbg);
       }
     }
     for (int h = h0; h < h1; ++h)
@@ -125,6 +131,10 @@ static int run_tasks(const ChunkParams& p, int64_t begin, int64_t end) {
   std::free(states);
   std::free(s.arena);
   return s.bad;
+}
+
+static int run_tasks(const ChunkParams& p, int64_t begin, int64_t end) {
+  return p.bf16 ? run_tasks_of<uint16_t>(p, begin, end) : run_tasks_of<float>(p, begin, end);
 }
 
 }  // namespace RQ_BODY_NS

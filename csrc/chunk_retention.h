@@ -10,11 +10,12 @@ namespace retquant {
 constexpr int kOutOfMemory = -1;
 constexpr int kNonFiniteQ = 1, kNonFiniteK = 2, kNonFiniteV = 4, kNonFiniteState = 8;
 
-// All tensors float32 contiguous; tokens of every sequence are rows of [T_total, H, D].
+// All tensors contiguous; tokens of every sequence are rows of [T_total, H, D]. q, k, v and out
+// are float32, or all bfloat16 (bf16); everything else float32.
 struct ChunkParams {
-  const float* q;            // [T_total, H, K] (unscaled)
-  const float* k;            // [T_total, H, K]
-  const float* v;            // [T_total, H, V]
+  const void* q;             // [T_total, H, K] (unscaled)
+  const void* k;             // [T_total, H, K]
+  const void* v;             // [T_total, H, V]
   const int64_t* offsets;    // [N + 1] token offsets of the sequences
   int64_t N;                 // number of sequences
   int H, K, V, C;            // heads, key dim, value dim, chunk size
@@ -27,8 +28,9 @@ struct ChunkParams {
   const float* chunk_decay;  // [H, C+1]  gamma^L
   const uint8_t* fused;      // [H] fused-decay flag
   const float* init;         // [N, H, K, V] or nullptr
-  float* out;                // [T_total, H, V]
+  void* out;                 // [T_total, H, V]
   float* final_state;        // [N, H, K, V]
+  bool bf16 = false;         // element type of q, k, v, out
   bool use_vnni;
   int heads_per_task = 1;    // heads one task walks together (set by chunk_retention_cpu)
   // Optional integer accumulators (tests): [N, H, dbg_chunks, C, C|V] and [.., K, V].

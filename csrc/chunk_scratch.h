@@ -24,7 +24,7 @@ struct Scratch {
   int32_t *acc_qk, *acc_pv, *acc_qs, *acc_kv;
   int bad;         // inputs seen holding inf/NaN (kNonFinite* flags of chunk_retention.h)
   // Rows of the next (chunk, head) step, prefetched into L2 during this one (null: none).
-  const float *pf_q, *pf_k, *pf_v;
+  const void *pf_q, *pf_k, *pf_v;  // of the kernel's element type
   int pf_rows;
   void* arena;
 };

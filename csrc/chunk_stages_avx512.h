@@ -29,40 +29,67 @@ static inline void transpose16x16_epi32(__m512i r[16]) {
   }
 }
 
-static inline void prefetch_row(const float* x, int n) {
-  for (int i = 0; i < n; i += 16) _mm_prefetch(reinterpret_cast<const char*>(x + i), _MM_HINT_T0);
+// Element types of q, k, v and o: float, or bfloat16 held as its 16 bits (exactly the upper half
+// of the float32 it stands for; outputs rounded to nearest even, as torch's .to(bfloat16)).
+static inline __m512 load16(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
+static inline __m512 load16(const uint16_t* p, __mmask16 m) {
+  const __m512i w = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
 }
 
-static inline void prefetch_row_l2(const float* x, int n) {
-  for (int i = 0; i < n; i += 16) _mm_prefetch(reinterpret_cast<const char*>(x + i), _MM_HINT_T1);
+// Output rows are not read again: full aligned vectors skip the read-for-ownership.
+static inline void store16(float* p, __mmask16 m, __m512 x) {
+  if (m == 0xFFFF && (reinterpret_cast<uintptr_t>(p) & 63) == 0) {
+    _mm512_stream_ps(p, x);
+  } else {
+    _mm512_mask_storeu_ps(p, m, x);
+  }
+}
+static inline void store16(uint16_t* p, __mmask16 m, __m512 x) {  // finite x: round half to even
+  const __m512i u = _mm512_castps_si512(x);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  const __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF)));
+  _mm256_mask_storeu_epi16(p, m, _mm512_cvtepi32_epi16(_mm512_srli_epi32(r, 16)));
+}
+
+template <typename T>
+static inline void prefetch_row(const T* x, int n) {
+  for (int i = 0; i < n; i += 64 / static_cast<int>(sizeof(T)))
+    _mm_prefetch(reinterpret_cast<const char*>(x + i), _MM_HINT_T0);
+}
+
+template <typename T>
+static inline void prefetch_row_l2(const T* x, int n) {
+  for (int i = 0; i < n; i += 64 / static_cast<int>(sizeof(T)))
+    _mm_prefetch(reinterpret_cast<const char*>(x + i), _MM_HINT_T1);
 }
 
 // Returns the inputs seen non-finite (kNonFiniteQ | kNonFiniteK).
-static inline int quant_token_rows(const float* qbase, const float* kbase, int64_t ldq,
-                                   const float* vbase, int64_t ldv, int L, float scale,
-                                   const float* kdec, Scratch& s) {
+template <typename T>
+static inline int quant_token_rows(const T* qbase, const T* kbase, int64_t ldq, const T* vbase,
+                                   int64_t ldv, int L, float scale, const float* kdec, Scratch& s) {
   const int K = s.K, K4 = s.K4, K16 = s.K16, C16 = s.C16, V = s.V;
   const __m512 vscale_q = _mm512_set1_ps(scale);
   const __m512i bias = _mm512_set1_epi32(128);
   for (int c = 0; c < K16; c += 16) _mm512_storeu_ps(s.kd_amax + c, _mm512_setzero_ps());
   __mmask16 bad_q = 0, bad_k = 0;
   for (int a = 0; a < L; ++a) {
-    const float* qrow = qbase + a * ldq;
-    const float* krow = kbase + a * ldq;
+    const T* qrow = qbase + a * ldq;
+    const T* krow = kbase + a * ldq;
     if (a + 4 < L) {
       prefetch_row(qrow + 4 * ldq, K);
       prefetch_row(krow + 4 * ldq, K);
     }
     prefetch_row(vbase + a * ldv, V);  // V is read right after this stage
     if (a < s.pf_rows) {  // the next step's rows: a whole step of lead time over DRAM latency
-      prefetch_row_l2(s.pf_q + a * ldq, K);
-      prefetch_row_l2(s.pf_k + a * ldq, K);
-      prefetch_row_l2(s.pf_v + a * ldv, V);
+      prefetch_row_l2(static_cast<const T*>(s.pf_q) + a * ldq, K);
+      prefetch_row_l2(static_cast<const T*>(s.pf_k) + a * ldq, K);
+      prefetch_row_l2(static_cast<const T*>(s.pf_v) + a * ldv, V);
     }
     // Q: scaled row and its amax, then the codes + 128.
     __m512 m = _mm512_setzero_ps();
     for (int c = 0; c < K; c += 16) {
-      const __m512 raw = _mm512_maskz_loadu_ps(lanes(K - c), qrow + c);
+      const __m512 raw = load16(qrow + c, lanes(K - c));
       bad_q |= nonfinite(raw);
       const __m512 x = _mm512_mul_ps(raw, vscale_q);
       _mm512_storeu_ps(s.qs + c, x);
@@ -83,7 +110,7 @@ static inline int quant_token_rows(const float* qbase, const float* kbase, int64
     float* kd = s.kd + a * K16;
     m = _mm512_setzero_ps();
     for (int c = 0; c < K; c += 16) {
-      const __m512 x = _mm512_maskz_loadu_ps(lanes(K - c), krow + c);
+      const __m512 x = load16(krow + c, lanes(K - c));
       bad_k |= nonfinite(x);
       m = _mm512_max_ps(m, _mm512_abs_ps(x));
       const __m512 d = _mm512_mul_ps(x, f);
@@ -98,7 +125,7 @@ static inline int quant_token_rows(const float* qbase, const float* kbase, int64
     __m512i csum = _mm512_setzero_si512();
     int8_t* kq = s.kq + a * K16;
     for (int c = 0; c < K; c += 16) {
-      const __m512i code = group_codes(_mm512_maskz_loadu_ps(lanes(K - c), krow + c), vsk, k_in_range);
+      const __m512i code = group_codes(load16(krow + c, lanes(K - c)), vsk, k_in_range);
       csum = _mm512_add_epi32(csum, code);
       _mm_mask_storeu_epi8(kq + c, lanes(K - c), _mm512_cvtepi32_epi8(code));
     }
@@ -177,13 +204,14 @@ static inline void score_codes(int L, bool fused, const float* row, const float*
 }
 
 // Column amax; returns false if any element is inf or NaN.
-static inline bool col_amax(const float* x, int64_t ldx, int rows, int n, float* amax) {
+template <typename T>
+static inline bool col_amax(const T* x, int64_t ldx, int rows, int n, float* amax) {
   __mmask16 bad = 0;
   for (int c = 0; c < n; c += 16) {
     const __mmask16 mc = lanes(n - c);
     __m512 m = _mm512_setzero_ps();
     for (int r = 0; r < rows; ++r) {
-      const __m512 x_rc = _mm512_maskz_loadu_ps(mc, x + r * ldx + c);
+      const __m512 x_rc = load16(x + r * ldx + c, mc);
       bad |= nonfinite(x_rc);
       m = _mm512_max_ps(m, _mm512_abs_ps(x_rc));
     }
@@ -192,9 +220,10 @@ static inline bool col_amax(const float* x, int64_t ldx, int rows, int n, float*
   return bad == 0;
 }
 
-static inline void quant_cols_packed(const float* x, int64_t ldx, int rows, int rows4, int n,
-                                     int ld, const float* amax, float* scale, int8_t* dst,
-                                     int32_t* colsum, bool biased) {
+template <typename T>
+static inline void quant_cols_packed(const T* x, int64_t ldx, int rows, int rows4, int n, int ld,
+                                     const float* amax, float* scale, int8_t* dst, int32_t* colsum,
+                                     bool biased) {
   const __m512i bias = _mm512_set1_epi32(biased ? 128 : 0);
   const __m128i pad = _mm_set1_epi8(static_cast<char>(biased ? 0x80 : 0));
   for (int c = 0; c < ld; c += 16) {
@@ -208,7 +237,7 @@ static inline void quant_cols_packed(const float* x, int64_t ldx, int rows, int 
       for (int i = 0; i < 4; ++i) {
         const int r = r0 + i;
         if (r < rows) {
-          const __m512i code = group_codes(_mm512_maskz_loadu_ps(mc, x + r * ldx + c), sc, in_range);
+          const __m512i code = group_codes(load16(x + r * ldx + c, mc), sc, in_range);
           cs = _mm512_add_epi32(cs, code);
           b[i] = _mm512_cvtepi32_epi8(_mm512_add_epi32(code, bias));
         } else {
@@ -227,24 +256,20 @@ static inline void quant_cols_packed(const float* x, int64_t ldx, int rows, int 
   }
 }
 
-static inline void write_output(float* out, int64_t ldo, int L, const float* inter, Scratch& s) {
+template <typename T>
+static inline void write_output(T* out, int64_t ldo, int L, const float* inter, Scratch& s) {
   const int V = s.V, V16 = s.V16;
   for (int a = 0; a < L; ++a) {
     const int32_t* apv = s.acc_pv + a * V16;
     const int32_t* aqs = s.acc_qs + a * V16;
-    float* o = out + a * ldo;
+    T* o = out + a * ldo;
     const __m512 spa = _mm512_set1_ps(s.sp[a]), qi = _mm512_set1_ps(s.sq[a] * inter[a]);
     for (int v = 0; v < V; v += 16) {
       const __m512 intra = _mm512_mul_ps(
           _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_loadu_si512(apv + v)), spa), _mm512_loadu_ps(s.sv + v));
       const __m512 inter_v = _mm512_mul_ps(
           _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_loadu_si512(aqs + v)), qi), _mm512_loadu_ps(s.sS + v));
-      const __m512 ov = _mm512_add_ps(intra, inter_v);
-      if (v + 16 <= V && (reinterpret_cast<uintptr_t>(o + v) & 63) == 0) {
-        _mm512_stream_ps(o + v, ov);  // the output is not read again: skip the read-for-ownership
-      } else {
-        _mm512_mask_storeu_ps(o + v, lanes(V - v), ov);
-      }
+      store16(o + v, lanes(V - v), _mm512_add_ps(intra, inter_v));
     }
   }
 }

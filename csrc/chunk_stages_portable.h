@@ -2,6 +2,22 @@
 // vectorizes what it can for the baseline ISA). chunk_stages_avx512.h holds the same stages
 // with AVX-512 intrinsics; both must produce identical bytes (tests compare each with the spec).
 
+// Element types of q, k, v and o: float, or bfloat16 held as its 16 bits (exactly the upper half
+// of the float32 it stands for; outputs rounded to nearest even, as torch's .to(bfloat16)).
+static inline float to_f32(float x) { return x; }
+static inline float to_f32(uint16_t b) {
+  const uint32_t u = static_cast<uint32_t>(b) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+static inline void put(float* d, float x) { *d = x; }
+static inline void put(uint16_t* d, float x) {  // finite x (non-finite inputs raise upstream)
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  *d = static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
+
 // max |x[i]| over n floats.
 static inline float row_amax(const float* x, int n) {
   float m = 0.f;
@@ -17,22 +33,23 @@ static inline float row_amax(const float* x, int n) {
 // K~ = K * kdec[j] into kd with its column amax in kd_amax. vbase/ldv: unused here (prefetch).
 // Returns the inputs seen non-finite (kNonFiniteQ | kNonFiniteK; x * 0 is NaN exactly for inf
 // and NaN).
-static inline int quant_token_rows(const float* qbase, const float* kbase, int64_t ldq,
-                                   const float* vbase, int64_t ldv, int L, float scale,
-                                   const float* kdec, Scratch& s) {
+template <typename T>
+static inline int quant_token_rows(const T* qbase, const T* kbase, int64_t ldq, const T* vbase,
+                                   int64_t ldv, int L, float scale, const float* kdec, Scratch& s) {
   (void)vbase;
   (void)ldv;
   const int K = s.K, K4 = s.K4, K16 = s.K16, C16 = s.C16;
   for (int k = 0; k < K; ++k) s.kd_amax[k] = 0.f;
   float probe_q = 0.f, probe_k = 0.f;
   for (int a = 0; a < L; ++a) {
-    const float* qrow = qbase + a * ldq;
-    const float* krow = kbase + a * ldq;
+    const T* qrow = qbase + a * ldq;
+    float* krow = s.kd + a * K16;  // K's row as float32, overwritten by K~ below
     for (int k = 0; k < K; ++k) {
-      probe_q += qrow[k] * 0.f;
+      krow[k] = to_f32(kbase[a * ldq + k]);
+      probe_q += to_f32(qrow[k]) * 0.f;
       probe_k += krow[k] * 0.f;
     }
-    for (int k = 0; k < K; ++k) s.qs[k] = qrow[k] * scale;
+    for (int k = 0; k < K; ++k) s.qs[k] = to_f32(qrow[k]) * scale;
     const float sqa = scale_from_amax(row_amax(s.qs, K));
     const float ska = scale_from_amax(row_amax(krow, K));
     s.sq[a] = sqa;
@@ -48,7 +65,7 @@ static inline int quant_token_rows(const float* qbase, const float* kbase, int64
     }
     s.cs_k[a] = csum;
     for (int g = 0; g < K4 / 4; ++g) std::memcpy(s.kp + (g * C16 + a) * 4, kq + 4 * g, 4);
-    float* kd = s.kd + a * K16;
+    float* kd = krow;
     const float f = kdec[a];
     for (int k = 0; k < K; ++k) {
       kd[k] = krow[k] * f;
@@ -88,14 +105,15 @@ static inline void score_codes(int L, bool fused, const float* row, const float*
 }
 
 // amax over `rows` rows (stride ldx) of each of n columns; false if any element is inf or NaN.
-static inline bool col_amax(const float* x, int64_t ldx, int rows, int n, float* amax) {
+template <typename T>
+static inline bool col_amax(const T* x, int64_t ldx, int rows, int n, float* amax) {
   float probe = 0.f;
   for (int c = 0; c < n; ++c) amax[c] = 0.f;
   for (int r = 0; r < rows; ++r) {
-    const float* xr = x + r * ldx;
+    const T* xr = x + r * ldx;
     for (int c = 0; c < n; ++c) {
-      probe += xr[c] * 0.f;
-      const float a = std::fabs(xr[c]);
+      probe += to_f32(xr[c]) * 0.f;
+      const float a = std::fabs(to_f32(xr[c]));
       amax[c] = a > amax[c] ? a : amax[c];
     }
   }
@@ -106,9 +124,10 @@ static inline bool col_amax(const float* x, int64_t ldx, int rows, int n, float*
 // into the packed layout [rows4/4][ld][4] (element (r, c) at ((r/4)*ld + c)*4 + r%4). Rows
 // [rows, rows4) and columns [n, ld) get code 0. biased: store code + 128 (an A operand);
 // colsum (if not null): column sums of the codes (a B operand).
-static inline void quant_cols_packed(const float* x, int64_t ldx, int rows, int rows4, int n,
-                                     int ld, const float* amax, float* scale, int8_t* dst,
-                                     int32_t* colsum, bool biased) {
+template <typename T>
+static inline void quant_cols_packed(const T* x, int64_t ldx, int rows, int rows4, int n, int ld,
+                                     const float* amax, float* scale, int8_t* dst, int32_t* colsum,
+                                     bool biased) {
   const int bias = biased ? 128 : 0;
   for (int c = 0; c < n; ++c) scale[c] = scale_from_amax(amax[c]);
   if (colsum != nullptr)
@@ -116,7 +135,7 @@ static inline void quant_cols_packed(const float* x, int64_t ldx, int rows, int 
   for (int r = 0; r < rows4; ++r) {
     int8_t* d = dst + (r / 4) * ld * 4 + r % 4;
     for (int c = 0; c < ld; ++c) {
-      const int code = (r < rows && c < n) ? quant_code(x[r * ldx + c], scale[c]) : 0;
+      const int code = (r < rows && c < n) ? quant_code(to_f32(x[r * ldx + c]), scale[c]) : 0;
       if (colsum != nullptr) colsum[c] += code;
       d[4 * c] = static_cast<int8_t>(static_cast<uint8_t>(code + bias));
     }
@@ -124,17 +143,18 @@ static inline void quant_cols_packed(const float* x, int64_t ldx, int rows, int 
 }
 
 // O = (acc_pv * s_p) * s_v + (acc_qs * (s_q * g^(a+1))) * s_S for the L rows of the chunk.
-static inline void write_output(float* out, int64_t ldo, int L, const float* inter, Scratch& s) {
+template <typename T>
+static inline void write_output(T* out, int64_t ldo, int L, const float* inter, Scratch& s) {
   const int V = s.V, V16 = s.V16;
   for (int a = 0; a < L; ++a) {
     const int32_t* apv = s.acc_pv + a * V16;
     const int32_t* aqs = s.acc_qs + a * V16;
-    float* o = out + a * ldo;
+    T* o = out + a * ldo;
     const float spa = s.sp[a], qi = s.sq[a] * inter[a];
     for (int v = 0; v < V; ++v) {
       const float intra = (static_cast<float>(apv[v]) * spa) * s.sv[v];
       const float inter_v = (static_cast<float>(aqs[v]) * qi) * s.sS[v];
-      o[v] = intra + inter_v;
+      put(o + v, intra + inter_v);
     }
   }
 }

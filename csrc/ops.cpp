@@ -18,6 +18,14 @@ void check_f32(const at::Tensor& t, const char* name, int64_t dim) {
   TORCH_CHECK(t.dim() == dim, name, " must have rank ", dim, ", got ", t.dim());
 }
 
+// q, k, v, out of the chunk op: float32, or all four bfloat16.
+void check_tokens(const at::Tensor& t, const char* name, at::ScalarType dtype) {
+  TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor");
+  TORCH_CHECK(t.scalar_type() == dtype, name, " must be ", dtype, " like q, got ", t.scalar_type());
+  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
+  TORCH_CHECK(t.dim() == 3, name, " must have rank 3, got ", t.dim());
+}
+
 void check_offsets(const at::Tensor& off, int64_t T) {
   TORCH_CHECK(off.device().is_cpu() && off.scalar_type() == at::kLong && off.is_contiguous() &&
                   off.dim() == 1 && off.numel() >= 2,
@@ -33,7 +41,9 @@ ChunkParams chunk_params(const at::Tensor& q, const at::Tensor& k, const at::Ten
                          const at::Tensor& kdec, const at::Tensor& chunk_decay,
                          const at::Tensor& fused, const c10::optional<at::Tensor>& init,
                          bool use_vnni, at::Tensor& out, at::Tensor& final_state) {
-  check_f32(q, "q", 3); check_f32(k, "k", 3); check_f32(v, "v", 3);
+  const at::ScalarType dt = q.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kBFloat16, "q must be float32 or bfloat16, got ", dt);
+  check_tokens(q, "q", dt); check_tokens(k, "k", dt); check_tokens(v, "v", dt);
   const int64_t T = q.size(0), H = q.size(1), K = q.size(2), V = v.size(2);
   TORCH_CHECK(k.sizes() == q.sizes(), "k must have q's shape");
   TORCH_CHECK(v.size(0) == T && v.size(1) == H, "v must be [T, H, V]");
@@ -50,7 +60,7 @@ ChunkParams chunk_params(const at::Tensor& q, const at::Tensor& k, const at::Ten
   TORCH_CHECK(chunk_decay.size(0) == H && chunk_decay.size(1) == C + 1, "chunk_decay must be [H, C+1]");
   TORCH_CHECK(fused.scalar_type() == at::kByte && fused.is_contiguous() && fused.numel() == H,
               "fused must be uint8 [H]");
-  check_f32(out, "out", 3);
+  check_tokens(out, "out", dt);
   TORCH_CHECK(out.size(0) == T && out.size(1) == H && out.size(2) == V, "out must be [T, H, V]");
   check_f32(final_state, "final_state", 4);
   TORCH_CHECK(final_state.size(0) == N && final_state.size(1) == H && final_state.size(2) == K &&
@@ -63,14 +73,14 @@ ChunkParams chunk_params(const at::Tensor& q, const at::Tensor& k, const at::Ten
   }
   TORCH_CHECK(!use_vnni || cpu_has_avx512_vnni(), "this CPU has no AVX-512 VNNI");
   ChunkParams p{};
-  p.q = q.data_ptr<float>(); p.k = k.data_ptr<float>(); p.v = v.data_ptr<float>();
+  p.q = q.data_ptr(); p.k = k.data_ptr(); p.v = v.data_ptr(); p.bf16 = dt == at::kBFloat16;
   p.offsets = offsets.data_ptr<int64_t>(); p.N = N;
   p.H = static_cast<int>(H); p.K = static_cast<int>(K); p.V = static_cast<int>(V);
   p.C = static_cast<int>(C); p.scale = static_cast<float>(scale);
   p.row = row.data_ptr<float>(); p.col = col.data_ptr<float>(); p.mask = mask.data_ptr<float>();
   p.inter = inter.data_ptr<float>(); p.kdec = kdec.data_ptr<float>();
   p.chunk_decay = chunk_decay.data_ptr<float>(); p.fused = fused.data_ptr<uint8_t>();
-  p.init = init_ptr; p.out = out.data_ptr<float>(); p.final_state = final_state.data_ptr<float>();
+  p.init = init_ptr; p.out = out.data_ptr(); p.final_state = final_state.data_ptr<float>();
   p.use_vnni = use_vnni;
   return p;
 }
@@ -94,7 +104,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const int64_t T = q.size(0), H = q.size(1), K = q.size(2), V = v.size(2);
   const int64_t N = offsets.numel() - 1, C = row.size(1);
   at::Tensor out = at::full({T, H, V}, NAN, q.options());
-  at::Tensor fin = at::full({N, H, K, V}, NAN, q.options());
+  at::Tensor fin = at::full({N, H, K, V}, NAN, q.options().dtype(at::kFloat));
   auto io = q.options().dtype(at::kInt);
   at::Tensor qk = at::zeros({N, H, num_chunks, C, C}, io);
   at::Tensor pv = at::zeros({N, H, num_chunks, C, V}, io);
@@ -146,7 +156,7 @@ int64_t recurrent_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor
 
 bool has_vnni() { return cpu_has_avx512_vnni(); }
 
-at::Tensor empty_f32(at::IntArrayRef size) { return empty_output_f32(size); }
+at::Tensor empty_cached(at::IntArrayRef size, at::ScalarType dtype) { return empty_output(size, dtype); }
 
 }  // namespace
 
@@ -164,7 +174,7 @@ TORCH_LIBRARY(retquant, m) {
       "recurrent_fwd(Tensor q, Tensor k, Tensor v, Tensor offsets, float scale, Tensor gamma, "
       "Tensor? initial_state, Tensor(a!) out, Tensor(b!) final_state, bool use_avx512) -> int");
   m.def("has_vnni() -> bool");
-  m.def("empty_f32(int[] size) -> Tensor");
+  m.def("empty_cached(int[] size, ScalarType dtype) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(retquant, CPU, m) {
@@ -175,7 +185,7 @@ TORCH_LIBRARY_IMPL(retquant, CPU, m) {
 
 TORCH_LIBRARY_IMPL(retquant, CompositeExplicitAutograd, m) {
   m.impl("has_vnni", &has_vnni);
-  m.impl("empty_f32", &empty_f32);
+  m.impl("empty_cached", &empty_cached);
 }
 
 }  // namespace retquant

@@ -78,12 +78,12 @@ bool map_new(size_t bytes, Block* out) {
 }  // namespace
 #endif
 
-at::Tensor empty_output_f32(at::IntArrayRef sizes) {
+at::Tensor empty_output(at::IntArrayRef sizes, at::ScalarType dtype) {
   int64_t numel = 1;
   for (const int64_t s : sizes) numel *= s;
-  const auto opts = at::TensorOptions().dtype(at::kFloat).device(at::kCPU);
+  const auto opts = at::TensorOptions().dtype(dtype).device(at::kCPU);
 #ifdef __linux__
-  const size_t bytes = static_cast<size_t>(numel) * sizeof(float);
+  const size_t bytes = static_cast<size_t>(numel) * at::elementSize(dtype);
   Block b{};
   if (bytes >= kMinBytes && (take(bytes, &b) || map_new(bytes, &b)))
     return at::from_blob(b.data, sizes, [b](void*) { give_back(b); }, opts);

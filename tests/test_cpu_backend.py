@@ -77,6 +77,23 @@ def test_chunk_matches_integer_spec(shape, isa):
     assert torch.equal(kv.long(), tr.acc_kv)
 
 
+@pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[5]], ids=lambda s: "x".join(map(str, s[:5])))
+def test_chunk_bf16_io_matches_integer_spec(shape, isa):
+    # bfloat16 q, k, v are read as such (exactly their float32 values) and o is written in
+    # bfloat16, rounded to nearest even like torch's .to(bfloat16) of the float32 output
+    B, T, H, K, V, init, gg = shape
+    q, k, v, s = _inputs(B, T, H, K, V, init=init, dtype=torch.bfloat16)
+    gg = None if gg is None else torch.tensor(gg, dtype=torch.float64)
+    call = validate_call(q, k, v, initial_state=s, output_final_state=True, g_gamma=gg, quant="int8")
+    o_ref, s_ref, tr = int_chunk_retention(q, k, v, call.g_gamma, call.scale, call.quant, s, trace=True)
+    n = -(-T // 64)
+    o, fin, _, pv, qs, kv = cpu.chunk_raw(call, debug_chunks=n)
+    assert o.dtype == torch.bfloat16
+    assert torch.equal(o.view(B, T, H, V), o_ref.to(torch.bfloat16))
+    assert torch.equal(fin, s_ref)
+    assert torch.equal(kv.long(), tr.acc_kv)
+
+
 def test_public_op_varlen_dtypes_noncontiguous(isa):
     lens = [70, 1, 130, 64]
     T = sum(lens)
@@ -127,6 +144,12 @@ def test_outputs_fully_written(isa):
     args = cpu_ops.chunk_args(*tokens, off, call.scale, call.g_gamma, None, isa == "vnni")
     torch.ops.retquant.chunk_fwd(*args, out, fin)
     assert torch.isfinite(out).all() and torch.isfinite(fin).all()
+    out_bf = torch.full((198, 2, 72), float("nan"), dtype=torch.bfloat16)
+    fin.fill_(float("nan"))
+    bf_tokens = tuple(x.to(torch.bfloat16) for x in tokens)
+    args = cpu_ops.chunk_args(*bf_tokens, off, call.scale, call.g_gamma, None, isa == "vnni")
+    torch.ops.retquant.chunk_fwd(*args, out_bf, fin)
+    assert torch.isfinite(out_bf).all() and torch.isfinite(fin).all()
     gamma = torch.exp(call.g_gamma).float()
     out.fill_(float("nan"))
     fin.fill_(float("nan"))

@@ -39,10 +39,12 @@ def unsupported(op: str, call: RetentionCall) -> str | None:
     return cpu_extension.load_error()
 
 
-def _tokens(x: torch.Tensor) -> torch.Tensor:
-    """[B, T, H, D] of any float dtype/strides -> contiguous float32 [B*T, H, D]."""
+def _tokens(x: torch.Tensor, keep_bf16: bool = False) -> torch.Tensor:
+    """[B, T, H, D] of any float dtype/strides -> contiguous [B*T, H, D], float32 or (keep_bf16,
+    for the chunk kernel, which reads and writes bfloat16 itself) bfloat16 as given."""
     B, T, H, D = x.shape
-    return x.detach().to(torch.float32).contiguous().view(B * T, H, D)
+    dtype = torch.bfloat16 if keep_bf16 and x.dtype == torch.bfloat16 else torch.float32
+    return x.detach().to(dtype).contiguous().view(B * T, H, D)
 
 
 def _offsets(call: RetentionCall) -> torch.Tensor:
@@ -60,7 +62,7 @@ def _init(call: RetentionCall) -> torch.Tensor | None:
 def chunk_raw(call: RetentionCall, use_vnni: bool | None = None, debug_chunks: int = 0):
     """Run the chunk kernel on ``call``: ``(o f32 [B*T, H, V], final f32 [N, H, K, V])``, or with
     ``debug_chunks > 0`` (tests; ISA from ``use_vnni``) also the four int32 accumulators."""
-    q, k, v = _tokens(call.q), _tokens(call.k), _tokens(call.v)
+    q, k, v = (_tokens(x, keep_bf16=True) for x in (call.q, call.k, call.v))
     args = (q, k, v, _offsets(call), call.scale, call.g_gamma, _init(call))
     if debug_chunks:
         vnni = cpu_extension.use_vnni() if use_vnni is None else use_vnni

@@ -1,8 +1,9 @@
 """The CPU kernels as two PyTorch custom ops, so ``torch.compile`` sees each call as one op.
 
 ``torch.ops.retquant.cpu_chunk_int8`` and ``torch.ops.retquant.cpu_recurrent_int8`` take tokens
-as contiguous float32 ``[T_total, H, D]`` with sequence ``offsets [N + 1]`` (int64) and return
-``(o [T_total, H, V], final_state [N, H, K, V])``, float32. Each has a fake (meta) implementation
+as contiguous ``[T_total, H, D]`` (float32; the chunk op also bfloat16, read and written as
+such) with sequence ``offsets [N + 1]`` (int64) and return ``(o [T_total, H, V] in q's dtype,
+final_state [N, H, K, V] float32)``. Each has a fake (meta) implementation
 giving the output shapes, which is what a compiler traces; at run time it builds the decay
 tables, calls the C++ op (``retquant::chunk_fwd`` / ``retquant::recurrent_fwd``) and raises the
 ``ValueError`` of :func:`retquant.validate.nonfinite_error` when the kernel saw inf or NaN.
@@ -96,10 +97,9 @@ def chunk_int8(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     ops = cpu_extension.ops()
     out_shape, state_shape = _shapes(q, v, offsets)
-    out = ops.empty_f32(
-        list(out_shape)
-    )  # from freed outputs: a fresh one page-faults (csrc/output_alloc.cpp)
-    final = ops.empty_f32(list(state_shape))
+    # from freed outputs: a fresh one page-faults (csrc/output_alloc.cpp)
+    out = ops.empty_cached(list(out_shape), q.dtype)
+    final = ops.empty_cached(list(state_shape), torch.float32)
     args = chunk_args(q, k, v, offsets, scale, g_gamma, initial_state, cpu_extension.use_vnni())
     raise_nonfinite(ops.chunk_fwd(*args, out, final))
     return out, final
@@ -117,7 +117,7 @@ def recurrent_int8(
     ops = cpu_extension.ops()
     out_shape, state_shape = _shapes(q, v, offsets)
     out = torch.empty(out_shape, dtype=torch.float32)
-    final = ops.empty_f32(list(state_shape))
+    final = ops.empty_cached(list(state_shape), torch.float32)
     gamma = decay_tables(g_gamma, ())["gamma"]
     status = ops.recurrent_fwd(
         q, k, v, offsets, scale, gamma, initial_state, out, final, cpu_extension.use_vnni()
@@ -128,7 +128,7 @@ def recurrent_int8(
 
 def _outputs_like(q, k, v, offsets, scale, g_gamma, initial_state):
     out_shape, state_shape = _shapes(q, v, offsets)
-    return q.new_empty(out_shape), q.new_empty(state_shape)
+    return q.new_empty(out_shape), q.new_empty(state_shape, dtype=torch.float32)
 
 
 cpu_chunk_int8 = torch.library.custom_op("retquant::cpu_chunk_int8", chunk_int8, mutates_args=())
