@@ -41,8 +41,9 @@ def test_missing_preferred_backend_warns_once(isolated_registry):
         warnings.simplefilter("always")
         a = chunk_retention(*_inputs(), quant="int8")[0]
         b = chunk_retention(*_inputs(), quant="int8")[0]
-    msgs = [str(x.message) for x in w if "preferred backend" in str(x.message)]
-    assert len(msgs) == 1 and "'cpu'" in msgs[0]
+    hits = [x for x in w if "preferred backend" in str(x.message)]
+    assert len(hits) == 1 and "'cpu'" in str(hits[0].message)
+    assert hits[0].filename == __file__  # points at the user's call, not into retquant
     ref = chunk_retention(*_inputs(), quant="int8", backend="reference")[0]
     assert torch.equal(a, ref) and torch.equal(b, ref)
 

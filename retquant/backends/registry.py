@@ -112,6 +112,6 @@ def _select_name(op: str, call: RetentionCall, backend: str | None) -> str:
                 f"retquant: preferred backend {preferred!r} unavailable for {op}_retention "
                 f"({reason}); running the PyTorch reference",
                 RuntimeWarning,
-                stacklevel=3,
+                stacklevel=5,  # _select_name, _select, select_impl, the op, its caller
             )
     return "reference"
