@@ -50,6 +50,9 @@ def test_state_is_updated_in_place_on_the_kernel_path():
     q, k, v = _seq(1, 1, 2, 16, 16)
     dec.step(q[:, 0], k[:, 0], v[:, 0])
     assert dec.state.data_ptr() == ptr and dec.state.abs().max() > 0
+    # other dtypes and strides are converted for the kernel; o comes back in q's dtype
+    o = dec.step(q[:, 0].bfloat16(), k[:, 0].bfloat16(), v[:, 0].transpose(1, 2).contiguous().transpose(1, 2))
+    assert o.dtype == torch.bfloat16 and o.shape == (1, 2, 16)
 
 
 @pytest.mark.parametrize(
@@ -78,6 +81,10 @@ def test_bad_tokens():
         dec.step(q, q, torch.randn(2, 2, 16))
     with pytest.raises(TypeError, match="q must be a floating"):
         dec.step(q.long(), q, torch.randn(2, 2, 8))
+    if cpu_extension.load_error() is None and dec._kernel:
+        with pytest.raises(RuntimeError, match="forward-only"):
+            dec.step(q.requires_grad_(), q, torch.randn(2, 2, 8))
+        q = q.detach()
     bad = q.clone()
     bad[1, 1, 3] = float("nan")
     with pytest.raises(ValueError, match="q holds inf or NaN"):

@@ -63,7 +63,9 @@ class RetentionDecoder:
         self.scale, self.g_gamma, self.quant, self.backend = call.scale, call.g_gamma, call.quant, backend
         self.state = state.detach().to(device=device, dtype=torch.float32).clone().contiguous()
         self._kernel = self._impl is cpu.fused_recurrent
-        if self._kernel:
+        if self._kernel:  # everything a step needs besides the tokens, resolved once
+            self._ops = cpu_extension.ops()
+            self._vnni = cpu_extension.use_vnni()  # RETQUANT_CPU_ISA as at construction
             self._offsets = torch.arange(B + 1, dtype=torch.int64)
             self._gamma = cpu_ops.decay_tables(self.g_gamma, ())["gamma"]
 
@@ -109,17 +111,19 @@ class RetentionDecoder:
             )
             self.state.copy_(final)
             return o[:, 0]
-        tokens = [x.detach().to(torch.float32).contiguous() for x in (q, k, v)]
+        if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+            raise RuntimeError(
+                "RetentionDecoder's cpu kernel is forward-only: step under torch.no_grad(), or "
+                "construct it with backend='reference' to differentiate"
+            )
+        # (already float32 and contiguous: used as they are, no conversion call per token)
+        tokens = [
+            x if x.dtype == torch.float32 and x.is_contiguous() else x.float().contiguous() for x in (q, k, v)
+        ]
         out = torch.empty(self.shape[0], self.shape[1], self.shape[3])
-        status = cpu_extension.ops().recurrent_fwd(
-            *tokens,
-            self._offsets,
-            self.scale,
-            self._gamma,
-            self.state,
-            out,
-            self.state,
-            cpu_extension.use_vnni(),
+        status = self._ops.recurrent_fwd(
+            *tokens, self._offsets, self.scale, self._gamma, self.state, out, self.state, self._vnni
         )
-        cpu_ops.raise_nonfinite(status)
-        return out.to(q.dtype)
+        if status:
+            cpu_ops.raise_nonfinite(status)
+        return out if q.dtype == torch.float32 else out.to(q.dtype)
