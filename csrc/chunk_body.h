@@ -42,17 +42,20 @@ static void chunk_step(const ChunkParams& p, Scratch& s, int64_t t0, int L, int 
 
   // V per channel of the chunk, packed once for both P V and K~^T V.
   if (!col_amax(v + (t0 * H + h) * V, ldv, L, V, s.amax)) s.bad |= kNonFiniteV;
-  quant_cols_packed(v + (t0 * H + h) * V, ldv, L, L4, V, V16, s.amax, s.sv, s.vp, s.cs_v, false);
-  RQ_GEMM({s.pu8, C4, s.vp, V16, s.cs_v, s.acc_pv, V16, L, V, L4, false, true});
+  quant_cols_packed(v + (t0 * H + h) * V, ldv, L, L4, V, V16, s.amax, s.sv, s.vp, s.cs_v, s.cs_v_prefix,
+                    false);
+  GemmArgs pv{s.pu8, C4, s.vp, V16, s.cs_v, s.acc_pv, V16, L, V, L4, false, true};
+  pv.colsum_prefix = s.cs_v_prefix;
+  RQ_GEMM(pv);
 
   // S_{i-1} per column (its amax was taken by the previous state update), O_inter = Q S.
-  quant_cols_packed(s.S, V, K, K4, V, V16, s.Samax, s.sS, s.Sp, s.cs_s, false);
+  quant_cols_packed(s.S, V, K, K4, V, V16, s.Samax, s.sS, s.Sp, s.cs_s, nullptr, false);
   RQ_GEMM({s.qu8, K4, s.Sp, V16, s.cs_s, s.acc_qs, V16, L, V, K4, false, false});
   write_output(static_cast<T*>(p.out) + (t0 * H + h) * V, ldv, L, p.inter + h * C, s);
 
   // dS = K~^T V (K~ as the A operand, 4 token rows interleaved); S = S * g^L + dS.
   quant_cols_packed(s.kd, K16, L, L4, K, K16, s.kd_amax, s.skd, reinterpret_cast<int8_t*>(s.kdp),
-                    nullptr, true);
+                    nullptr, nullptr, true);
   GemmArgs kv{s.kdp, K16, s.vp, V16, s.cs_v, s.acc_kv, V16, K, V, L4, false, false};
   kv.a_packed = true;
   RQ_GEMM(kv);

@@ -21,6 +21,7 @@ struct Scratch {
   int8_t* vp;      // [C4/4][V16][4] V codes (B of P V and K~^T V)
   int8_t* Sp;      // [K4/4][V16][4] S_{i-1} codes (B of Q S)
   int32_t *cs_k, *cs_v, *cs_s;  // column sums of the B operands
+  int32_t* cs_v_prefix;  // [C4/4 + 1][V16] column sums of V's codes over its first 4i tokens
   int32_t *acc_qk, *acc_pv, *acc_qs, *acc_kv;
   int bad;         // inputs seen holding inf/NaN (kNonFinite* flags of chunk_retention.h)
   // Rows of the next (chunk, head) step, prefetched into L2 during this one (null: none).
@@ -39,7 +40,8 @@ static inline bool scratch_init(Scratch& s, int C, int K, int V) {
   const int64_t sizes[] = {
       4 * K16, 4 * C4 * K16, 4 * C16, 4 * C16, 4 * C16, 4 * C16, 4 * W, 4 * W, 4 * W, 4 * W,
       4 * W, 4 * C16, C4 * K4, C4 * C4, C4 * K16, C16 * K16, K4 * C16, C4 * V16, K4 * V16,
-      4 * C16, 4 * W, 4 * W, 4 * C4 * C16, 4 * C4 * V16, 4 * C4 * V16, 4 * K4 * V16};
+      4 * C16, 4 * W, 4 * W, 4 * C4 * C16, 4 * C4 * V16, 4 * C4 * V16, 4 * K4 * V16,
+      4 * (C4 / 4 + 1) * V16};
   for (int64_t n : sizes) bytes += (n + 63) / 64 * 64 + 64;  // 64-byte aligned, 64 bytes slack
   s.arena = std::calloc(static_cast<size_t>(bytes) + 64, 1);
   if (s.arena == nullptr) return false;
@@ -76,6 +78,7 @@ static inline bool scratch_init(Scratch& s, int C, int K, int V) {
   s.acc_pv = reinterpret_cast<int32_t*>(take());
   s.acc_qs = reinterpret_cast<int32_t*>(take());
   s.acc_kv = reinterpret_cast<int32_t*>(take());
+  s.cs_v_prefix = reinterpret_cast<int32_t*>(take());
   s.S = nullptr;
   s.Samax = nullptr;
   s.bad = 0;

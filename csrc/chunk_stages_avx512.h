@@ -223,7 +223,7 @@ static inline bool col_amax(const T* x, int64_t ldx, int rows, int n, float* ama
 template <typename T>
 static inline void quant_cols_packed(const T* x, int64_t ldx, int rows, int rows4, int n, int ld,
                                      const float* amax, float* scale, int8_t* dst, int32_t* colsum,
-                                     bool biased) {
+                                     int32_t* prefix, bool biased) {
   const __m512i bias = _mm512_set1_epi32(biased ? 128 : 0);
   const __m128i pad = _mm_set1_epi8(static_cast<char>(biased ? 0x80 : 0));
   for (int c = 0; c < ld; c += 16) {
@@ -251,7 +251,9 @@ static inline void quant_cols_packed(const T* x, int64_t ldx, int rows, int rows
       _mm_storeu_si128(d + 1, _mm_unpackhi_epi16(lo01, lo23));
       _mm_storeu_si128(d + 2, _mm_unpacklo_epi16(hi01, hi23));
       _mm_storeu_si128(d + 3, _mm_unpackhi_epi16(hi01, hi23));
+      if (prefix != nullptr) _mm512_storeu_si512(prefix + (r0 / 4 + 1) * ld + c, cs);
     }
+    if (prefix != nullptr) _mm512_storeu_si512(prefix + c, _mm512_setzero_si512());
     if (colsum != nullptr) _mm512_storeu_si512(colsum + c, cs);
   }
 }

@@ -123,15 +123,18 @@ static inline bool col_amax(const T* x, int64_t ldx, int rows, int n, float* ama
 // Per-column quantization of rows [0, rows) of x (stride ldx, n columns; scale[c] from amax[c])
 // into the packed layout [rows4/4][ld][4] (element (r, c) at ((r/4)*ld + c)*4 + r%4). Rows
 // [rows, rows4) and columns [n, ld) get code 0. biased: store code + 128 (an A operand);
-// colsum (if not null): column sums of the codes (a B operand).
+// colsum (if not null): column sums of the codes (a B operand); prefix (if not null, with
+// colsum): [rows4/4 + 1][ld] column sums over the first 4i rows.
 template <typename T>
 static inline void quant_cols_packed(const T* x, int64_t ldx, int rows, int rows4, int n, int ld,
                                      const float* amax, float* scale, int8_t* dst, int32_t* colsum,
-                                     bool biased) {
+                                     int32_t* prefix, bool biased) {
   const int bias = biased ? 128 : 0;
   for (int c = 0; c < n; ++c) scale[c] = scale_from_amax(amax[c]);
   if (colsum != nullptr)
     for (int c = 0; c < ld; ++c) colsum[c] = 0;
+  if (prefix != nullptr)
+    for (int c = 0; c < ld; ++c) prefix[c] = 0;
   for (int r = 0; r < rows4; ++r) {
     int8_t* d = dst + (r / 4) * ld * 4 + r % 4;
     for (int c = 0; c < ld; ++c) {
@@ -139,6 +142,8 @@ static inline void quant_cols_packed(const T* x, int64_t ldx, int rows, int rows
       if (colsum != nullptr) colsum[c] += code;
       d[4 * c] = static_cast<int8_t>(static_cast<uint8_t>(code + bias));
     }
+    if (prefix != nullptr && r % 4 == 3)
+      for (int c = 0; c < ld; ++c) prefix[(r / 4 + 1) * ld + c] = colsum[c];
   }
 }
 

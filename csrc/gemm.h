@@ -8,7 +8,8 @@
 // 128 * colsum; the portable path multiplies the centered codes directly. Both are exact.
 // Rows are processed in blocks of 4 (A and C must have rows up to a multiple of 4), columns in
 // blocks of 16 (ldb, ldc multiples of 16), the reduction in steps of 4 (zero padded in B).
-// colsum must cover the full reduction g.r; causal_red truncations are corrected internally.
+// colsum must cover the full reduction g.r; with causal_red, colsum_prefix[i][n] =
+// sum_{r < 4i} B(r, n) ([R/4 + 1][ldb]) gives the correction of each truncated reduction.
 #pragma once
 
 #include <cstdint>
@@ -29,6 +30,7 @@ struct GemmArgs {
   // Causal shortcuts for the intra-chunk products (rows are tokens):
   bool causal_cols = false;  // only columns n <= row are needed (Q K^T)
   bool causal_red = false;   // only reduction indices r <= row contribute (P V)
+  const int32_t* colsum_prefix = nullptr;  // required with causal_red on the VNNI path
   // A stored as [R/4][lda][4] (four reduction entries of one row adjacent) instead of row-major:
   // lets K~^T V read the token-major codes after a 4-row interleave instead of a transpose.
   bool a_packed = false;
