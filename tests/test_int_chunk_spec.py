@@ -10,6 +10,7 @@ from retquant.decay import chunk_decay_tables, default_g_gamma
 from retquant.metrics import compare
 from retquant.ops import chunk_retention, fused_recurrent_retention, parallel_retention
 from retquant.ops.retention.int_chunk import int_chunk_retention
+from retquant.ops.retention.int_recurrent import int_recurrent_retention
 from retquant.ops.retention.naive import naive_chunk_retention, naive_parallel_retention
 from retquant.quant import QuantSpec, RetentionQuantConfig
 
@@ -109,6 +110,20 @@ def test_state_error_does_not_compound(gen):
     tail = compare(o[:, -256:], ro[:, -256:]).rel_l2
     assert tail < 2 * head + 1e-3
     assert compare(s, rs).rel_l2 < 2e-2
+
+
+def test_carrying_the_int8_state_compounds_error(gen):
+    """The decode design study (bench/decode_state.py): carrying the per-column int8 copy of the
+    state instead of the float32 state is measurably worse, and worse late than early."""
+    T = 768
+    q, k, v = rand_qkv(gen, 1, T, 2, 32, 32)
+    cfg, g = RetentionQuantConfig(), default_g_gamma(2)
+    ro, rs = ref64(q, k, v)
+    o32, s32 = int_recurrent_retention(q, k, v, g, 32**-0.5, cfg)
+    o8, s8 = int_recurrent_retention(q, k, v, g, 32**-0.5, cfg, carry_quantized_state=True)
+    assert compare(o8, ro).rel_l2 > 2 * compare(o32, ro).rel_l2
+    assert compare(s8, rs).rel_l2 > 2 * compare(s32, rs).rel_l2
+    assert compare(o8[:, -128:], ro[:, -128:]).rel_l2 > compare(o8[:, :128], ro[:, :128]).rel_l2
 
 
 def test_initial_final_state_and_varlen_in_quant_path(gen):

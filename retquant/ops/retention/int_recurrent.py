@@ -41,8 +41,13 @@ def int_recurrent_retention(
     config: RetentionQuantConfig,
     initial_state: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    carry_quantized_state: bool = False,
 ):
     """Quantized recurrent retention on dense ``[B, T, H, *]``; returns ``(o f32, final f32)``.
+
+    ``carry_quantized_state=True`` is the studied alternative, not the spec the kernels follow:
+    the state carried to the next token is the per-column quantized copy (dequantized), as a
+    kernel keeping an int8 state between tokens would (``bench/decode_state.py`` compares both).
 
     Example:
         >>> from retquant.decay import default_g_gamma
@@ -73,4 +78,6 @@ def int_recurrent_retention(
         s_int = centered(quantize(S, config.state, s_scale, s_zero, generator), s_zero)
         acc = int_gemm(qi[:, t, :, None, :], s_int, bq, bs)[:, :, 0]  # [B, H, V]
         outs.append((acc.float() * sq[:, t]) * s_scale[:, :, 0])
+        if carry_quantized_state:
+            S = s_int.float() * s_scale  # the int8 copy becomes the state
     return torch.stack(outs, dim=1), S
