@@ -175,6 +175,7 @@ TORCH_LIBRARY(retquant, m) {
       "Tensor? initial_state, Tensor(a!) out, Tensor(b!) final_state, bool use_avx512) -> int");
   m.def("has_vnni() -> bool");
   m.def("empty_cached(int[] size, ScalarType dtype) -> Tensor");
+  m.def("release_cached_outputs() -> ()", &release_cached_outputs);
 }
 
 TORCH_LIBRARY_IMPL(retquant, CPU, m) {

@@ -78,6 +78,19 @@ bool map_new(size_t bytes, Block* out) {
 }  // namespace
 #endif
 
+void release_cached_outputs() {
+#ifdef __linux__
+  Cache& c = cache();
+  std::vector<Block> blocks;
+  {
+    std::lock_guard<std::mutex> lock(c.mu);
+    blocks.swap(c.free_blocks);
+    c.cached = 0;
+  }
+  for (const Block& b : blocks) munmap(b.data, b.bytes);
+#endif
+}
+
 at::Tensor empty_output(at::IntArrayRef sizes, at::ScalarType dtype) {
   int64_t numel = 1;
   for (const int64_t s : sizes) numel *= s;

@@ -7,4 +7,7 @@ namespace retquant {
 
 at::Tensor empty_output(at::IntArrayRef sizes, at::ScalarType dtype);
 
+// Unmap every cached (freed) buffer; live outputs are not affected.
+void release_cached_outputs();
+
 }  // namespace retquant

@@ -81,6 +81,17 @@ def chunk_args(q, k, v, offsets, scale, g_gamma, initial_state, use_vnni) -> tup
     return (q, k, v, offsets, scale, *tables, initial_state, use_vnni)
 
 
+def release_cached_outputs() -> None:
+    """Give back to the OS the freed output buffers the CPU kernels keep for reuse (at most
+    256 MiB, ``csrc/output_alloc.cpp``); outputs still in use are not affected.
+
+    Example:
+        >>> release_cached_outputs()
+    """
+    if cpu_extension.load_error() is None:
+        cpu_extension.ops().release_cached_outputs()
+
+
 def _shapes(q: torch.Tensor, v: torch.Tensor, offsets: torch.Tensor):
     T, H, K = q.shape
     return (T, H, v.shape[2]), (offsets.shape[0] - 1, H, K, v.shape[2])
