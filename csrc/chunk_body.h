@@ -24,26 +24,26 @@ namespace RQ_BODY_NS {
 template <typename T>
 static void chunk_step(const ChunkParams& p, Scratch& s, int64_t t0, int L, int h,
                        int64_t dbg_base) {
-  const T* q = static_cast<const T*>(p.q);
-  const T* k = static_cast<const T*>(p.k);
-  const T* v = static_cast<const T*>(p.v);
   const int C = s.C, K = s.K, V = s.V, K4 = s.K4, K16 = s.K16, V16 = s.V16, C4 = s.C4;
   const int C16 = s.C16, L4 = round_up(L, 4);
   const int H = p.H;
   const int64_t ldq = static_cast<int64_t>(H) * K, ldv = static_cast<int64_t>(H) * V;
   const float* kdec = p.kdec + (static_cast<int64_t>(h) * (C + 1) + L) * C;
+  // This head's first row of the chunk in q, k, v and out ([T_total, H, D]: rows ldq / ldv apart).
+  const T* q0 = static_cast<const T*>(p.q) + (t0 * H + h) * K;
+  const T* k0 = static_cast<const T*>(p.k) + (t0 * H + h) * K;
+  const T* v0 = static_cast<const T*>(p.v) + (t0 * H + h) * V;
+  T* o0 = static_cast<T*>(p.out) + (t0 * H + h) * V;
 
   // Q (scaled) and K per token -> A codes of Q K^T / Q S, B codes of Q K^T; K~ = K * g^(L-1-j)
   // and its column amax, read while the K rows are in cache.
-  s.bad |= quant_token_rows(q + (t0 * H + h) * K, k + (t0 * H + h) * K, ldq, v + (t0 * H + h) * V, ldv, L,
-                            p.scale, kdec, s);
+  s.bad |= quant_token_rows(q0, k0, ldq, v0, ldv, L, p.scale, kdec, s);
   RQ_GEMM({s.qu8, K4, s.kp, C16, s.cs_k, s.acc_qk, C16, L, L, K4, true, false});
   score_codes(L, p.fused[h] != 0, p.row + h * C, p.col + h * C, p.mask + h * C * C, s);
 
   // V per channel of the chunk, packed once for both P V and K~^T V.
-  if (!col_amax(v + (t0 * H + h) * V, ldv, L, V, s.amax)) s.bad |= kNonFiniteV;
-  quant_cols_packed(v + (t0 * H + h) * V, ldv, L, L4, V, V16, s.amax, s.sv, s.vp, s.cs_v, s.cs_v_prefix,
-                    false);
+  if (!col_amax(v0, ldv, L, V, s.amax)) s.bad |= kNonFiniteV;
+  quant_cols_packed(v0, ldv, L, L4, V, V16, s.amax, s.sv, s.vp, s.cs_v, s.cs_v_prefix, false);
   GemmArgs pv{s.pu8, C4, s.vp, V16, s.cs_v, s.acc_pv, V16, L, V, L4, false, true};
   pv.colsum_prefix = s.cs_v_prefix;
   RQ_GEMM(pv);
@@ -51,7 +51,7 @@ static void chunk_step(const ChunkParams& p, Scratch& s, int64_t t0, int L, int 
   // S_{i-1} per column (its amax was taken by the previous state update), O_inter = Q S.
   quant_cols_packed(s.S, V, K, K4, V, V16, s.Samax, s.sS, s.Sp, s.cs_s, nullptr, false);
   RQ_GEMM({s.qu8, K4, s.Sp, V16, s.cs_s, s.acc_qs, V16, L, V, K4, false, false});
-  write_output(static_cast<T*>(p.out) + (t0 * H + h) * V, ldv, L, p.inter + h * C, s);
+  write_output(o0, ldv, L, p.inter + h * C, s);
 
   // dS = K~^T V (K~ as the A operand, 4 token rows interleaved); S = S * g^L + dS.
   quant_cols_packed(s.kd, K16, L, L4, K, K16, s.kd_amax, s.skd, reinterpret_cast<int8_t*>(s.kdp),

@@ -5,8 +5,11 @@ or when the extension cannot be built, :func:`unsupported` returns the reason (`
 warns once and runs the reference; ``backend="cpu"`` raises). Importing this module never fails
 and never compiles: the build happens on the first call that could use the kernels.
 
-Inputs of any float dtype but float64 and any strides are converted to contiguous float32 for
-the kernels; ``o`` comes back in q's dtype, the final state in float32 (as the reference does).
+Inputs of any float dtype but float64 and any strides are made contiguous; the chunk kernel reads
+and writes bfloat16 as it is, everything else runs in float32. ``o`` comes back in q's dtype, the
+final state in float32 (as the reference does). The kernels check their inputs for inf/NaN while
+reading them (``checks_finite``). Under torch.compile each call is one custom op
+(:mod:`retquant.backends.cpu_ops`).
 """
 
 from __future__ import annotations
