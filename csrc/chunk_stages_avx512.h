@@ -52,6 +52,20 @@ static inline void store16(uint16_t* p, __mmask16 m, __m512 x) {  // finite x: r
   _mm256_mask_storeu_epi16(p, m, _mm512_cvtepi32_epi16(_mm512_srli_epi32(r, 16)));
 }
 
+// Codes + 128 of x[0, n_valid) / s (one row of Q or P, scale s from the row's amax) into
+// dst[0, n_store); bytes in [n_valid, n_store) get 128 (code 0).
+static inline void biased_codes_row(const float* x, float s, int n_valid, int n_store, uint8_t* dst) {
+  const __m512 vs = _mm512_set1_ps(s);
+  const bool in_range = scale_normal(s);
+  const __m512i bias = _mm512_set1_epi32(128);
+  for (int c = 0; c < n_store; c += 16) {
+    const __mmask16 mv = lanes(n_valid - c);
+    __m512i code = _mm512_setzero_si512();
+    if (mv != 0) code = _mm512_maskz_mov_epi32(mv, group_codes(_mm512_loadu_ps(x + c), vs, in_range));
+    _mm_mask_storeu_epi8(dst + c, lanes(n_store - c), _mm512_cvtepi32_epi8(_mm512_add_epi32(code, bias)));
+  }
+}
+
 template <typename T>
 static inline void prefetch_row(const T* x, int n) {
   for (int i = 0; i < n; i += 64 / static_cast<int>(sizeof(T)))
@@ -70,7 +84,6 @@ static inline int quant_token_rows(const T* qbase, const T* kbase, int64_t ldq, 
                                    int64_t ldv, int L, float scale, const float* kdec, Scratch& s) {
   const int K = s.K, K4 = s.K4, K16 = s.K16, C16 = s.C16, V = s.V;
   const __m512 vscale_q = _mm512_set1_ps(scale);
-  const __m512i bias = _mm512_set1_epi32(128);
   for (int c = 0; c < K16; c += 16) _mm512_storeu_ps(s.kd_amax + c, _mm512_setzero_ps());
   __mmask16 bad_q = 0, bad_k = 0;
   for (int a = 0; a < L; ++a) {
@@ -97,14 +110,7 @@ static inline int quant_token_rows(const T* qbase, const T* kbase, int64_t ldq, 
     }
     const float sqa = scale_from_amax(_mm512_reduce_max_ps(m));
     s.sq[a] = sqa;
-    const __m512 vsq = _mm512_set1_ps(sqa);
-    const bool q_in_range = scale_normal(sqa);
-    uint8_t* qu = s.qu8 + a * K4;
-    for (int c = 0; c < K; c += 16) {
-      const __m512i code =
-          _mm512_add_epi32(group_codes(_mm512_loadu_ps(s.qs + c), vsq, q_in_range), bias);
-      _mm_mask_storeu_epi8(qu + c, lanes(K - c), _mm512_cvtepi32_epi8(code));
-    }
+    biased_codes_row(s.qs, sqa, K, K, s.qu8 + a * K4);
     // K: amax; K~ = K * kdec[a] and its column amax; then the codes and their sum.
     const __m512 f = _mm512_set1_ps(kdec[a]);
     float* kd = s.kd + a * K16;
@@ -156,7 +162,6 @@ static inline int quant_token_rows(const T* qbase, const T* kbase, int64_t ldq, 
 static inline void score_codes(int L, bool fused, const float* row, const float* col,
                                const float* mask, Scratch& s) {
   const int C = s.C, C4 = s.C4, C16 = s.C16;
-  const __m512i bias = _mm512_set1_epi32(128);
   for (int b = 0; b < L; b += 16) {
     const __mmask16 mb = lanes(L - b);
     _mm512_storeu_ps(s.cb + b, _mm512_mul_ps(_mm512_maskz_loadu_ps(mb, s.sk + b),
@@ -189,16 +194,7 @@ static inline void score_codes(int L, bool fused, const float* row, const float*
     }
     const float spa = scale_from_amax(_mm512_reduce_max_ps(m));
     s.sp[a] = spa;
-    const __m512 vsp = _mm512_set1_ps(spa);
-    const bool p_in_range = scale_normal(spa);
-    uint8_t* pu = s.pu8 + a * C4;
-    for (int b = 0; b < C4; b += 16) {
-      const __mmask16 mb = lanes(nb - b);
-      __m512i code = _mm512_setzero_si512();
-      if (mb != 0)
-        code = _mm512_maskz_mov_epi32(mb, group_codes(_mm512_loadu_ps(s.P + b), vsp, p_in_range));
-      _mm_mask_storeu_epi8(pu + b, lanes(C4 - b), _mm512_cvtepi32_epi8(_mm512_add_epi32(code, bias)));
-    }
+    biased_codes_row(s.P, spa, nb, C4, s.pu8 + a * C4);
   }
   for (int a = L; a < C4; ++a) std::memset(s.pu8 + a * C4, 128, C4);
 }
