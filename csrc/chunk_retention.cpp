@@ -1,11 +1,9 @@
 // Quantized chunkwise retention forward: the (sequence, head) grid split over torch's threads.
 // The per-task body is chunk_body.h, compiled for the baseline ISA and for AVX-512.
 #include <ATen/Parallel.h>
-#include <c10/util/Exception.h>
-
-#include <atomic>
 
 #include "chunk_retention.h"
+#include "parallel_tasks.h"
 
 namespace retquant {
 
@@ -21,19 +19,9 @@ int chunk_retention_cpu(const ChunkParams& params) {
   groups = groups < 1 ? 1 : (groups > p.H ? p.H : groups);
   p.heads_per_task = static_cast<int>((p.H + groups - 1) / groups);
   groups = (p.H + p.heads_per_task - 1) / p.heads_per_task;
-  std::atomic<bool> oom{false};
-  std::atomic<int> flags{0};
-  at::parallel_for(0, p.N * groups, 1, [&](int64_t begin, int64_t end) {
-    const int r = p.use_vnni ? chunk_tasks_avx512(p, begin, end)
-                             : chunk_tasks_portable(p, begin, end);
-    if (r < 0) {
-      oom = true;
-    } else {
-      flags.fetch_or(r);
-    }
+  return run_task_grid(p.N * groups, "chunk", [&p](int64_t begin, int64_t end) {
+    return p.use_vnni ? chunk_tasks_avx512(p, begin, end) : chunk_tasks_portable(p, begin, end);
   });
-  TORCH_CHECK(!oom.load(), "retquant chunk kernel: out of memory for its scratch buffers");
-  return flags.load();
 }
 
 }  // namespace retquant

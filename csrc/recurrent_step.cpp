@@ -1,10 +1,6 @@
 // Quantized recurrent retention (decode), per retquant/ops/retention/int_recurrent.py: the
 // (sequence, head) grid over torch's threads; the loop body is recurrent_body.h, compiled here
 // for the baseline ISA and in recurrent_avx512.cpp for AVX-512 (chosen through CPUID).
-#include <ATen/Parallel.h>
-#include <c10/util/Exception.h>
-
-#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -12,6 +8,7 @@
 
 #include "chunk_retention.h"
 #include "gemm.h"
+#include "parallel_tasks.h"
 
 #define RQ_BODY_NS rec_portable
 #define RQ_STAGES "recurrent_stages_portable.h"
@@ -25,19 +22,10 @@ int recurrent_tasks_avx512(const RecurrentParams& p, int64_t begin, int64_t end)
 
 int recurrent_retention_cpu(const RecurrentParams& p) {
   static const bool avx512 = cpu_has_avx512_vnni();
-  std::atomic<bool> oom{false};
-  std::atomic<int> flags{0};
-  at::parallel_for(0, p.N * p.H, 1, [&](int64_t begin, int64_t end) {
-    const int r = (avx512 && p.use_avx512) ? recurrent_tasks_avx512(p, begin, end)
-                                           : rec_portable::run_tasks(p, begin, end);
-    if (r < 0) {
-      oom = true;
-    } else {
-      flags.fetch_or(r);
-    }
+  return run_task_grid(p.N * p.H, "recurrent", [&p](int64_t begin, int64_t end) {
+    return (avx512 && p.use_avx512) ? recurrent_tasks_avx512(p, begin, end)
+                                    : rec_portable::run_tasks(p, begin, end);
   });
-  TORCH_CHECK(!oom.load(), "retquant recurrent kernel: out of memory for its scratch buffers");
-  return flags.load();
 }
 
 }  // namespace retquant
