@@ -59,6 +59,7 @@ def test_state_is_updated_in_place_on_the_kernel_path():
     "make, exc, msg",
     [
         (lambda: RetentionDecoder(0, 2, 16, 16), ValueError, "batch_size must be a positive int"),
+        (lambda: RetentionDecoder(1, 2.0, 16, 16), TypeError, "num_heads must be a positive int"),
         (
             lambda: RetentionDecoder(1, 2, 16, 16, initial_state=torch.zeros(1, 2, 16, 15)),
             ValueError,

@@ -51,7 +51,9 @@ class RetentionDecoder:
             ("key_dim", key_dim),
             ("value_dim", value_dim),
         ):
-            if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            if not isinstance(n, int) or isinstance(n, bool):
+                raise TypeError(f"{name} must be a positive int, got {n!r}")
+            if n < 1:
                 raise ValueError(f"{name} must be a positive int, got {n!r}")
         B, H, K, V = batch_size, num_heads, key_dim, value_dim
         state = torch.zeros(B, H, K, V, device=device) if initial_state is None else initial_state
