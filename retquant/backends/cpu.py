@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from retquant.backends import cpu_extension, cpu_ops
-from retquant.backends.registry import Backend, register_backend
+from retquant.backends.registry import Backend, int8_kernel_reason, register_backend
 from retquant.validate import RetentionCall
 
 SUPPORTED_OPS = ("chunk", "fused_recurrent")
@@ -26,16 +26,11 @@ SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 def unsupported(op: str, call: RetentionCall) -> str | None:
     """``None`` if the C++ kernels can run ``op`` on ``call``, else why not."""
-    if op not in SUPPORTED_OPS:
-        return f"the cpu backend implements {SUPPORTED_OPS}, not {op!r}"
-    if call.quant is None:
-        return "float retention (quant=None) is not implemented by the cpu backend"
-    if not call.quant.is_default_int8():
-        return "the cpu kernels implement the default int8 configuration only"
+    reason = int8_kernel_reason("cpu", SUPPORTED_OPS, op, call, SUPPORTED_DTYPES)
+    if reason is not None:
+        return reason
     if call.q.device.type != "cpu":
         return f"the cpu backend needs CPU tensors, got {call.q.device}"
-    if call.q.dtype not in SUPPORTED_DTYPES:
-        return f"the cpu kernels take float32/bfloat16/float16 inputs, got {call.q.dtype}"
     tensors = (call.q, call.k, call.v, call.initial_state)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
         return "the cpu kernels are forward-only (inputs require grad)"

@@ -40,6 +40,21 @@ class Backend:
     checks_finite: bool = False
 
 
+def int8_kernel_reason(name: str, ops, op: str, call: RetentionCall, dtypes) -> str | None:
+    """The checks every int8 kernel backend makes first: ``op`` among its ``ops``, a quantized
+    call with the default int8 configuration, q's dtype among ``dtypes``. ``None`` or why not."""
+    if op not in ops:
+        return f"the {name} backend implements {tuple(sorted(ops))} only, not {op!r}"
+    if call.quant is None:
+        return f"the {name} backend runs quantized calls only (quant=None is the float path)"
+    if not call.quant.is_default_int8():
+        return f"the {name} kernels implement the default int8 configuration only"
+    if call.q.dtype not in dtypes:
+        names = "/".join(str(d).removeprefix("torch.") for d in dtypes)
+        return f"the {name} kernels take {names} inputs, got {call.q.dtype}"
+    return None
+
+
 _REGISTRY: dict[str, Backend] = {}
 _WARNED: set[tuple[str, str]] = set()
 

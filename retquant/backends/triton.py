@@ -15,7 +15,7 @@ import os
 
 import torch
 
-from retquant.backends.registry import Backend, register_backend
+from retquant.backends.registry import Backend, int8_kernel_reason, register_backend
 from retquant.validate import RetentionCall
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -75,14 +75,9 @@ def unsupported(op: str, call: RetentionCall) -> str | None:
     """``None`` when the Triton kernels can run ``op`` on ``call``, else the reason."""
     if _import_error() is not None:
         return _import_error()
-    if op not in _IMPLS:
-        return f"the triton backend implements {sorted(_IMPLS)} only, not {op!r}"
-    if call.quant is None:
-        return "the triton backend runs quantized calls only (quant=None is the float path)"
-    if not call.quant.is_default_int8():
-        return "the triton kernels implement the default int8 configuration only"
-    if call.q.dtype not in _DTYPES:
-        return f"the triton kernels take float32/float16/bfloat16 inputs, got {call.q.dtype}"
+    reason = int8_kernel_reason("triton", _IMPLS, op, call, _DTYPES)
+    if reason is not None:
+        return reason
     K, V = call.q.shape[-1], call.v.shape[-1]
     if K > _MAX_DIM or V > _MAX_DIM:
         return f"the triton kernels need K, V <= {_MAX_DIM}, got K={K}, V={V}"
