@@ -35,7 +35,3 @@ inline uint8_t quant_u8(float x, float s) {
   return static_cast<uint8_t>(quant_code(x, s) + 128);
 }
 
-inline int8_t quant_s8(float x, float s) {
-  return static_cast<int8_t>(quant_code(x, s));
-}
-
