@@ -22,7 +22,6 @@ import time
 
 import torch
 
-import retquant.ops  # noqa: F401  (import order: ops before backends)
 from retquant.backends import cpu, cpu_extension
 from retquant.decay import default_g_gamma
 from retquant.metrics import compare

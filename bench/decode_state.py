@@ -17,9 +17,9 @@ import torch
 
 from retquant.decay import default_g_gamma
 from retquant.metrics import compare
-from retquant.ops.retention.int_recurrent import int_recurrent_retention
-from retquant.ops.retention.naive import naive_chunk_retention
 from retquant.quant.config import resolve_quant
+from retquant.spec.int_recurrent import int_recurrent_retention
+from retquant.spec.naive import naive_chunk_retention
 
 
 def main(argv=None):

@@ -51,8 +51,8 @@ def _flops(B, T, H, K, V, c=CHUNK_SIZE) -> float:
 
 
 def _check_against_spec(chunk_fwd, mode: str) -> str:
-    from retquant.ops.retention.int_chunk import int_chunk_retention
     from retquant.quant.config import RetentionQuantConfig
+    from retquant.spec.int_chunk import int_chunk_retention
 
     g = torch.Generator(device="cuda").manual_seed(0)
     q, k, v = (torch.randn(2, 200, 2, 128, device="cuda", generator=g) for _ in range(3))

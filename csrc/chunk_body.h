@@ -6,7 +6,7 @@
 // RQ_BODY_NS and no std:: templates are instantiated, so the two copies (compiled for different
 // ISAs) share no inline code the linker could merge.
 //
-// Follows retquant/ops/retention/int_chunk.py (default int8 config) step by step, in the spec's
+// Follows retquant/spec/int_chunk.py (default int8 config) step by step, in the spec's
 // float32 operation order, so the integer accumulators are identical and the outputs match:
 //   Q, K per token; V per channel of the chunk; acc = Q K^T with the fused-decay epilogue;
 //   P per row; O = P V (intra) + (Q S_{i-1}) (inter, S per column); S = S * g^L + K~^T V.

@@ -2,7 +2,7 @@
 // baseline ISA in recurrent_step.cpp and for AVX-512 in recurrent_avx512.cpp. Each defines
 // RQ_BODY_NS and RQ_STAGES (recurrent_stages_portable.h / recurrent_stages_avx512.h).
 //
-// Per token (retquant/ops/retention/int_recurrent.py): q (scaled), k, v quantized per token;
+// Per token (retquant/spec/int_recurrent.py): q (scaled), k, v quantized per token;
 // S = S * gamma + float(k_int v_int) * (s_k s_v) (float32 state, exact int product); S's copy for
 // q . S quantized per column; o = (float(q_int . S_int) * s_q) * s_S[v].
 // Two passes over the K x V state per token: the update (writing the state straight into

@@ -1,4 +1,4 @@
-// Quantized recurrent retention (decode), per retquant/ops/retention/int_recurrent.py: the
+// Quantized recurrent retention (decode), per retquant/spec/int_recurrent.py: the
 // (sequence, head) grid over torch's threads; the loop body is recurrent_body.h, compiled here
 // for the baseline ISA and in recurrent_avx512.cpp for AVX-512 (chosen through CPUID).
 #include <cmath>

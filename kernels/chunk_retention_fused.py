@@ -1,6 +1,6 @@
 """Single-pass quantized chunkwise retention forward (int8 GEMMs, int32 accumulation).
 
-Reproduces :func:`retquant.ops.retention.int_chunk.int_chunk_retention` (default int8 config)
+Reproduces :func:`retquant.spec.int_chunk.int_chunk_retention` (default int8 config)
 operation for operation. One program per (sequence, head, V block) walks the sequence's chunks
 and carries the state ``S`` (``[K, BV]``, fp32) in registers, as fla's ``chunk_h`` does. Per chunk:
 

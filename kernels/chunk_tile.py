@@ -1,6 +1,6 @@
 """Per-chunk tile steps shared by the chunk kernels (``chunk_retention_fused`` and
 ``chunk_retention_out``): load and quantize one chunk of Q, K, V, and the fused-decay score
-epilogue. Each follows :mod:`retquant.ops.retention.int_chunk` operation for operation."""
+epilogue. Each follows :mod:`retquant.spec.int_chunk` operation for operation."""
 
 from __future__ import annotations
 

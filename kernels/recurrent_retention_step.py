@@ -1,6 +1,6 @@
 """Quantized recurrent retention (decode: T = 1 or a few tokens): kernel + launcher.
 
-Reproduces :func:`retquant.ops.retention.int_recurrent.int_recurrent_retention` (default int8
+Reproduces :func:`retquant.spec.int_recurrent.int_recurrent_retention` (default int8
 config). One program per (sequence, head, V block) walks its tokens with the fp32 state in
 registers. Per token: q (scaled), k, v quantized per token; ``S = S * gamma + (k_int v_int^T) *
 (s_k * s_v)``; ``S`` quantized per column for the output ``o = (q_int . S_int) * s_q * s_S``.

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import torch
 
-import retquant.ops  # noqa: F401  (import order: ops before backends)
 from retquant.decay import default_g_gamma
 from retquant.ops import chunk_retention, fused_recurrent_retention
 

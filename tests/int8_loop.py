@@ -1,7 +1,7 @@
 """An independent, deliberately plain re-statement of the default int8 chunk algorithm.
 
 One (batch, head) and one chunk at a time, in numpy float32 with int64 integer products, written
-from the docstring of ``retquant.ops.retention.int_chunk`` rather than from its code. The tests
+from the docstring of ``retquant.spec.int_chunk`` rather than from its code. The tests
 require the vectorized PyTorch spec to equal it bit for bit.
 """
 

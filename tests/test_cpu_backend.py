@@ -13,10 +13,9 @@ import warnings
 import pytest
 import torch
 
-import retquant.ops  # noqa: F401  (import order: ops before backends)
 from retquant.backends import cpu, cpu_extension, cpu_ops
-from retquant.ops import chunk_retention, fused_recurrent_retention
-from retquant.ops.retention.int_chunk import int_chunk_retention
+from retquant.ops import chunk_retention, fused_recurrent_retention, parallel_retention
+from retquant.spec.int_chunk import int_chunk_retention
 from retquant.validate import validate_call
 
 _ERR = cpu_extension.load_error()
@@ -233,7 +232,7 @@ def test_unsupported_calls_have_reasons():
     with pytest.raises(RuntimeError, match="float64"):
         chunk_retention(q.double(), k.double(), v.double(), quant="int8", backend="cpu")
     with pytest.raises(RuntimeError, match="parallel"):
-        retquant.ops.parallel_retention(q, k, v, quant="int8", backend="cpu")
+        parallel_retention(q, k, v, quant="int8", backend="cpu")
     # auto prefers cpu for CPU tensors and runs it silently when supported
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -7,7 +7,7 @@ from conftest import rand_qkv
 from retquant.decay import default_g_gamma
 from retquant.metrics import compare
 from retquant.ops import chunk_retention, fused_recurrent_retention, parallel_retention
-from retquant.ops.retention.naive import (
+from retquant.spec.naive import (
     naive_chunk_retention,
     naive_parallel_retention,
     naive_recurrent_retention,

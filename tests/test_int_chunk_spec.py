@@ -9,10 +9,10 @@ from int8_loop import int8_chunk_loop
 from retquant.decay import chunk_decay_tables, default_g_gamma
 from retquant.metrics import compare
 from retquant.ops import chunk_retention, fused_recurrent_retention, parallel_retention
-from retquant.ops.retention.int_chunk import int_chunk_retention
-from retquant.ops.retention.int_recurrent import int_recurrent_retention
-from retquant.ops.retention.naive import naive_chunk_retention, naive_parallel_retention
 from retquant.quant import QuantSpec, RetentionQuantConfig
+from retquant.spec.int_chunk import int_chunk_retention
+from retquant.spec.int_recurrent import int_recurrent_retention
+from retquant.spec.naive import naive_chunk_retention, naive_parallel_retention
 
 INT8 = RetentionQuantConfig()
 

@@ -23,9 +23,9 @@ from retquant.decay import default_g_gamma  # noqa: E402
 from retquant.kernels.chunk_retention import chunk_retention_fwd  # noqa: E402
 from retquant.kernels.recurrent_retention_step import recurrent_retention_fwd  # noqa: E402
 from retquant.ops import chunk_retention, fused_recurrent_retention  # noqa: E402
-from retquant.ops.retention.int_chunk import int_chunk_retention  # noqa: E402
-from retquant.ops.retention.int_recurrent import int_recurrent_retention  # noqa: E402
 from retquant.quant.config import RetentionQuantConfig  # noqa: E402
+from retquant.spec.int_chunk import int_chunk_retention  # noqa: E402
+from retquant.spec.int_recurrent import int_recurrent_retention  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 CFG = RetentionQuantConfig()

@@ -8,9 +8,9 @@ from dataclasses import replace
 import torch
 
 from retquant.backends.registry import Backend, register_backend
-from retquant.ops.retention.int_chunk import int_chunk_retention
-from retquant.ops.retention.int_recurrent import int_recurrent_retention
-from retquant.ops.retention.naive import (
+from retquant.spec.int_chunk import int_chunk_retention
+from retquant.spec.int_recurrent import int_recurrent_retention
+from retquant.spec.naive import (
     naive_chunk_retention,
     naive_parallel_retention,
     naive_recurrent_retention,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from retquant.backends import select_impl
-from retquant.ops.retention.naive import naive_parallel_retention
+from retquant.spec.naive import naive_parallel_retention
 from retquant.validate import validate_call
 
 

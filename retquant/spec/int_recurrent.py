@@ -17,11 +17,11 @@ from dataclasses import replace
 
 import torch
 
-from retquant.ops.retention.int_gemm import int_gemm
 from retquant.quant.config import RetentionQuantConfig
 from retquant.quant.primitives import centered, compute_qparams, quantize
 from retquant.quant.ranges import max_centered_magnitude
 from retquant.quant.spec import Granularity
+from retquant.spec.int_gemm import int_gemm
 
 _STATE_DIMS = {Granularity.CHANNEL: (2,), Granularity.BLOCK: (2, 3)}
 

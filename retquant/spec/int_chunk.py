@@ -30,11 +30,11 @@ import torch
 
 from retquant.constants import CHUNK_SIZE
 from retquant.decay import chunk_decay_tables
-from retquant.ops.retention.int_gemm import int_gemm
 from retquant.quant.config import RetentionQuantConfig
 from retquant.quant.primitives import centered, compute_qparams, quantize
 from retquant.quant.ranges import max_centered_magnitude
 from retquant.quant.spec import Granularity, QuantSpec
+from retquant.spec.int_gemm import int_gemm
 
 # Dims of a [B, H, N, rows, cols] chunked tensor that share one scale, per granularity.
 _REDUCE_DIMS = {
