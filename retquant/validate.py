@@ -1,13 +1,21 @@
-"""Argument checks shared by the public ops: clear errors before any kernel runs."""
+"""Argument checks shared by the public ops: clear errors before any kernel runs.
+
+Two layers: :func:`check_static` looks only at types, shapes, dtypes and devices (what
+torch.compile can trace without a graph break), :func:`validate_call` adds the checks that read
+values (``cu_seqlens`` bounds, ``g_gamma`` range) and builds the :class:`RetentionCall` every
+backend receives. The ops run the first in Python and the second inside their custom op.
+"""
 
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
 
-from retquant.decay import resolve_g_gamma
+from retquant.constants import CHUNK_SIZE
+from retquant.decay import default_g_gamma, resolve_g_gamma
 from retquant.quant.config import RetentionQuantConfig, resolve_quant
 
 
@@ -68,7 +76,7 @@ def _check_finite(x: torch.Tensor, name: str) -> None:
         raise nonfinite_error(name)
 
 
-def _check_cu_seqlens(cu_seqlens, B: int, T: int) -> torch.Tensor:
+def _check_cu_seqlens_static(cu_seqlens, B: int) -> None:
     if not isinstance(cu_seqlens, torch.Tensor):
         raise TypeError(f"cu_seqlens must be a 1-D integer torch.Tensor, got {type(cu_seqlens).__name__}")
     if cu_seqlens.is_floating_point() or cu_seqlens.is_complex() or cu_seqlens.dtype == torch.bool:
@@ -77,6 +85,10 @@ def _check_cu_seqlens(cu_seqlens, B: int, T: int) -> torch.Tensor:
         raise ValueError(f"cu_seqlens must be 1-D with N+1 >= 2 entries, got shape {list(cu_seqlens.shape)}")
     if B != 1:
         raise ValueError(f"with cu_seqlens the batch size must be 1 (packed sequences), got B={B}")
+
+
+def _check_cu_seqlens(cu_seqlens, B: int, T: int) -> torch.Tensor:
+    _check_cu_seqlens_static(cu_seqlens, B)
     cs = cu_seqlens.detach().to("cpu", torch.int64)
     if cs[0].item() != 0:
         raise ValueError(f"cu_seqlens must start at 0, got {cs[0].item()}")
@@ -88,16 +100,44 @@ def _check_cu_seqlens(cu_seqlens, B: int, T: int) -> torch.Tensor:
 
 
 def _check_scale(scale, K: int) -> float:
+    """A real scalar (Python or numpy number, or a 0-d real tensor) or None (``K ** -0.5``)."""
     if scale is None:
         return K**-0.5
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
-        raise TypeError(f"scale must be a float or None, got {type(scale).__name__}")
+    if isinstance(scale, torch.Tensor):
+        if scale.dim() != 0 or scale.is_complex() or scale.dtype == torch.bool:
+            raise TypeError(
+                f"scale must be a real scalar; got a tensor of shape {list(scale.shape)}, {scale.dtype}"
+            )
+        scale = scale.item()
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+        raise TypeError(f"scale must be a real number or None, got {type(scale).__name__}")
+    scale = float(scale)
     if not math.isfinite(scale) or scale <= 0:
         raise ValueError(f"scale must be finite and > 0, got {scale}")
-    return float(scale)
+    return scale
 
 
-def validate_call(
+def _check_chunk_size(chunk_size) -> None:
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
+        raise TypeError(f"chunk_size must be an int, got {type(chunk_size).__name__}")
+    if chunk_size != CHUNK_SIZE:
+        raise ValueError(
+            f"chunk_size must be {CHUNK_SIZE}: every retquant kernel (and the integer spec they "
+            f"reproduce) is built for chunks of {CHUNK_SIZE} tokens; got {chunk_size}"
+        )
+
+
+@dataclass(frozen=True)
+class StaticArgs:
+    """What :func:`check_static` resolves: the float scale, the quantization config (or None)
+    and the float64 ``g_gamma [H]`` tensor (its values are checked by :func:`validate_call`)."""
+
+    scale: float
+    quant: RetentionQuantConfig | None
+    g_gamma: torch.Tensor
+
+
+def check_static(
     q,
     k,
     v,
@@ -107,8 +147,16 @@ def validate_call(
     cu_seqlens=None,
     g_gamma=None,
     quant=None,
-) -> RetentionCall:
-    """Check every argument of a retention op; raise ``TypeError``/``ValueError`` naming it."""
+    chunk_size=CHUNK_SIZE,
+) -> StaticArgs:
+    """The checks of :func:`validate_call` that read no tensor values (types, shapes, dtypes,
+    devices): torch.compile traces them without a graph break.
+
+    Example:
+        >>> q = k = v = torch.randn(1, 8, 2, 4)
+        >>> check_static(q, k, v, quant="int8").scale
+        0.5
+    """
     _check_tensor(q, "q", "[B, T, H, K]")
     _check_tensor(k, "k", "[B, T, H, K]")
     _check_tensor(v, "v", "[B, T, H, V]")
@@ -125,8 +173,11 @@ def validate_call(
         raise ValueError(f"q, k, v must have non-empty dims, got q {list(q.shape)}, v {list(v.shape)}")
     if not isinstance(output_final_state, bool):
         raise TypeError(f"output_final_state must be a bool, got {output_final_state!r}")
-    cs = None if cu_seqlens is None else _check_cu_seqlens(cu_seqlens, B, T)
-    n_seq = B if cs is None else cs.numel() - 1
+    _check_chunk_size(chunk_size)
+    n_seq = B
+    if cu_seqlens is not None:
+        _check_cu_seqlens_static(cu_seqlens, B)
+        n_seq = cu_seqlens.shape[0] - 1
     if initial_state is not None:
         if not isinstance(initial_state, torch.Tensor) or not initial_state.is_floating_point():
             raise TypeError("initial_state must be a floating torch.Tensor of shape [N, H, K, V]")
@@ -137,16 +188,52 @@ def validate_call(
             )
         if initial_state.device != q.device:
             raise ValueError(f"initial_state must be on {q.device}, got {initial_state.device}")
+    if g_gamma is None:
+        g = default_g_gamma(H, device=q.device)
+    elif isinstance(g_gamma, torch.Tensor):
+        if not g_gamma.is_floating_point():
+            raise TypeError(f"g_gamma must be a floating tensor (log gamma per head), got {g_gamma.dtype}")
+        if g_gamma.shape != (H,):
+            raise ValueError(f"g_gamma must have shape [H]=[{H}], got {list(g_gamma.shape)}")
+        g = g_gamma.detach().to(device=q.device, dtype=torch.float64)
+    else:
+        g = resolve_g_gamma(g_gamma, H, device=q.device)
+    return StaticArgs(scale=_check_scale(scale, K), quant=resolve_quant(quant), g_gamma=g)
+
+
+def validate_call(
+    q,
+    k,
+    v,
+    scale=None,
+    initial_state=None,
+    output_final_state=False,
+    cu_seqlens=None,
+    g_gamma=None,
+    quant=None,
+    chunk_size=CHUNK_SIZE,
+) -> RetentionCall:
+    """Check every argument of a retention op; raise ``TypeError``/``ValueError`` naming it.
+
+    Example:
+        >>> q = k = v = torch.randn(1, 8, 2, 4)
+        >>> validate_call(q, k, v, cu_seqlens=torch.tensor([0, 3, 8])).num_sequences
+        2
+    """
+    static = check_static(
+        q, k, v, scale, initial_state, output_final_state, cu_seqlens, g_gamma, quant, chunk_size
+    )
+    cs = None if cu_seqlens is None else _check_cu_seqlens(cu_seqlens, q.shape[0], q.shape[1])
     # Finiteness of the inputs is checked after backend selection (RetentionCall.check_finite, or
     # inside kernels that see every input element anyway): it is a full pass over the inputs.
     return RetentionCall(
         q=q,
         k=k,
         v=v,
-        scale=_check_scale(scale, K),
-        g_gamma=resolve_g_gamma(g_gamma, H, device=q.device),
+        scale=static.scale,
+        g_gamma=resolve_g_gamma(static.g_gamma if g_gamma is not None else None, q.shape[2], q.device),
         initial_state=initial_state,
         output_final_state=output_final_state,
         cu_seqlens=cs,
-        quant=resolve_quant(quant),
+        quant=static.quant,
     )

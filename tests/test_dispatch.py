@@ -8,6 +8,7 @@ import torch
 from retquant.backends import registry
 from retquant.backends.registry import Backend
 from retquant.ops import chunk_retention
+from retquant.validate import validate_call
 
 
 def _inputs():
@@ -17,8 +18,9 @@ def _inputs():
 
 @pytest.fixture
 def isolated_registry(monkeypatch):
-    """A registry holding only the reference backend, and a fresh warning memory."""
-    monkeypatch.setattr(registry, "_REGISTRY", {"reference": registry._REGISTRY["reference"]})
+    """A registry holding only the reference and torch backends, and a fresh warning memory."""
+    keep = {name: registry._REGISTRY[name] for name in ("reference", "torch")}
+    monkeypatch.setattr(registry, "_REGISTRY", keep)
     monkeypatch.setattr(registry, "_WARNED", set())
     monkeypatch.delenv("RETQUANT_BACKEND", raising=False)
 
@@ -58,8 +60,18 @@ def test_available_preferred_backend_is_used(isolated_registry):
     registry.register_backend(Backend("cpu", {"chunk": impl}, lambda op, call: None))
     chunk_retention(*_inputs(), quant="int8")
     assert len(seen) == 1
-    chunk_retention(*_inputs())  # the float path runs the reference spec
+    chunk_retention(*_inputs())  # a cpu backend without float_path: the float path runs elsewhere
     assert len(seen) == 1
+
+
+def test_float_path_backends():
+    q, k, v = _inputs()
+    call = validate_call(q, k, v)
+    assert registry.select("chunk", call, "auto")[0] in ("cpu", "torch")
+    call64 = validate_call(q.double(), k.double(), v.double())
+    assert registry.select("chunk", call64, "auto")[0] == "reference"  # float64: the spec
+    with pytest.raises(RuntimeError, match="float path only"):
+        chunk_retention(q, k, v, quant="int8", backend="torch")
 
 
 def test_backend_that_declines_gives_its_reason(isolated_registry):

@@ -5,7 +5,7 @@ triton becomes that backend's reason to decline a call. Backends import the spec
 (:mod:`retquant.spec`), never the ops.
 """
 
-from retquant.backends import cpu, reference, triton  # noqa: F401  (each registers itself)
+from retquant.backends import cpu, reference, torch_float, triton  # noqa: F401  (each registers itself)
 from retquant.backends.registry import BACKEND_NAMES, ENV_VAR, register_backend, select_impl
 
 __all__ = ["BACKEND_NAMES", "ENV_VAR", "register_backend", "select_impl"]

@@ -31,9 +31,6 @@ def unsupported(op: str, call: RetentionCall) -> str | None:
         return reason
     if call.q.device.type != "cpu":
         return f"the cpu backend needs CPU tensors, got {call.q.device}"
-    tensors = (call.q, call.k, call.v, call.initial_state)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        return "the cpu kernels are forward-only (inputs require grad)"
     return cpu_extension.load_error()
 
 

@@ -23,20 +23,24 @@ def _state_dtype(call: RetentionCall) -> torch.dtype:
 
 
 def per_sequence(dense, call: RetentionCall):
-    """Run ``dense(call) -> (o, final)`` on each packed sequence of a varlen call."""
+    """Run ``dense(call) -> (o, final, *extra)`` on each packed sequence of a varlen call;
+    returns ``(o, final, *extra)`` with o and final concatenated and each extra a list with one
+    entry per sequence (a dense call: one)."""
     if call.cu_seqlens is None:
-        return dense(call)
+        o, f, *extra = dense(call)
+        return (o, f, *([e] for e in extra))
     bounds = call.cu_seqlens.tolist()
-    outs, finals = [], []
+    outs, finals, extras = [], [], []
     for i, (s, e) in enumerate(zip(bounds[:-1], bounds[1:])):
         init = None if call.initial_state is None else call.initial_state[i : i + 1]
         sub = replace(
             call, q=call.q[:, s:e], k=call.k[:, s:e], v=call.v[:, s:e], initial_state=init, cu_seqlens=None
         )
-        o, f = dense(sub)
+        o, f, *extra = dense(sub)
         outs.append(o)
         finals.append(f)
-    return torch.cat(outs, dim=1), torch.cat(finals, dim=0)
+        extras.append(extra)
+    return (torch.cat(outs, dim=1), torch.cat(finals, dim=0), *(list(x) for x in zip(*extras)))
 
 
 def _finish(call: RetentionCall, o, final):
@@ -100,3 +104,40 @@ register_backend(
         unsupported=lambda op, call: None,
     )
 )
+
+
+def _chunk_traced(call: RetentionCall):
+    return int_chunk_retention(
+        call.q, call.k, call.v, call.g_gamma, call.scale, call.quant, call.initial_state, trace=True
+    )
+
+
+def _parallel_traced(call: RetentionCall):
+    T = call.q.shape[1]
+    return int_chunk_retention(
+        call.q, call.k, call.v, call.g_gamma, call.scale, call.quant, call.initial_state, T, trace=True
+    )
+
+
+def _recurrent_traced(call: RetentionCall):
+    return int_recurrent_retention(
+        call.q, call.k, call.v, call.g_gamma, call.scale, call.quant, call.initial_state, trace=True
+    )
+
+
+_TRACED = {"chunk": _chunk_traced, "fused_recurrent": _recurrent_traced, "parallel": _parallel_traced}
+
+
+def run_traced(op: str, call: RetentionCall):
+    """The quantized ``op`` with the spec's trace of every sequence: ``(o, final, traces)``,
+    the codes, scales and zero points the call multiplied (the autograd layer saves them).
+
+    Example:
+        >>> from retquant.validate import validate_call
+        >>> q = k = v = torch.randn(1, 70, 2, 16)
+        >>> o, final, traces = run_traced("chunk", validate_call(q, k, v, quant="int4"))
+        >>> len(traces), traces[0].q_codes.dtype
+        (1, torch.int8)
+    """
+    o, final, traces = per_sequence(_TRACED[op], call)
+    return o.to(call.q.dtype), final.to(_state_dtype(call)), traces

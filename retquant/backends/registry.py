@@ -1,14 +1,20 @@
 """Backend selection: explicit choice, environment override, or the device's preferred backend.
 
-``backend=`` (or ``RETQUANT_BACKEND``) is one of ``auto``, ``reference``, ``cpu``, ``triton``.
-A backend asked for by name that cannot run the call is an error; the preferred backend of
-``auto`` that cannot run it gives one warning (per reason) and the PyTorch reference runs.
+``backend=`` (or ``RETQUANT_BACKEND``) is one of ``auto``, ``reference``, ``torch``, ``cpu``,
+``triton``. A backend asked for by name that cannot run the call is an error. ``auto``:
+
+- quantized calls: ``triton`` for CUDA tensors, ``cpu`` for CPU tensors; when the preferred one
+  cannot run the call, one warning (per reason) and the reference (the exact integer spec);
+- float calls (``quant=None``): float64 inputs run the reference (the float64 spec); others the
+  ``cpu`` float kernel for CPU tensors when it can run them, else the ``torch`` backend (fast
+  batched PyTorch, any device), with one warning when the preferred one is unavailable.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +23,7 @@ import torch
 
 from retquant.validate import RetentionCall
 
-BACKEND_NAMES = ("auto", "reference", "cpu", "triton")
+BACKEND_NAMES = ("auto", "reference", "torch", "cpu", "triton")
 ENV_VAR = "RETQUANT_BACKEND"
 OPS = ("chunk", "fused_recurrent", "parallel")
 
@@ -30,6 +36,7 @@ class Backend:
 
     ``unsupported(op, call)`` returns ``None`` when ``impls[op]`` can run the call, else the
     reason in words (missing compiler, no GPU, configuration the kernel does not implement...).
+    ``float_path``: it runs float calls too (``auto`` then prefers it for them).
     ``checks_finite``: the impls raise ``validate.nonfinite_error`` themselves (their kernels flag
     inf/NaN inputs while reading them); otherwise :func:`select_impl` checks before returning.
     """
@@ -38,6 +45,7 @@ class Backend:
     impls: dict[str, Impl]
     unsupported: Callable[[str, RetentionCall], str | None]
     checks_finite: bool = False
+    float_path: bool = False  # implements quant=None calls (preferred for them under auto)
 
 
 def int8_kernel_reason(name: str, ops, op: str, call: RetentionCall, dtypes) -> str | None:
@@ -82,6 +90,22 @@ def _why_not(name: str, op: str, call: RetentionCall) -> str | None:
     return b.unsupported(op, call)
 
 
+def select(op: str, call: RetentionCall, backend: str | None) -> tuple[str, Impl]:
+    """``(name, impl)`` of the backend that runs ``call`` (inputs checked finite for it).
+
+    Example:
+        >>> from retquant.validate import validate_call
+        >>> q = k = v = torch.randn(1, 8, 2, 4, dtype=torch.float64)
+        >>> select("chunk", validate_call(q, k, v), "auto")[0]
+        'reference'
+    """
+    name = _select_name(op, call, backend)
+    chosen = _REGISTRY[name]
+    if not chosen.checks_finite:
+        call.check_finite()
+    return name, chosen.impls[op]
+
+
 def select_impl(op: str, call: RetentionCall, backend: str | None) -> Impl:
     """The implementation of ``op`` that runs ``call`` (inputs checked finite for it).
 
@@ -101,10 +125,35 @@ def _eager_select():
 
 
 def _select(op: str, call: RetentionCall, backend: str | None) -> Impl:
-    chosen = _REGISTRY[_select_name(op, call, backend)]
-    if not chosen.checks_finite:
-        call.check_finite()
-    return chosen.impls[op]
+    return select(op, call, backend)[1]
+
+
+def _user_stacklevel() -> int:
+    """stacklevel of the first frame outside retquant and torch: a warning then points at the
+    user's call however many layers (ops, custom op dispatch, selection) lie in between."""
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the retquant package
+    torch_dir = os.path.dirname(os.path.abspath(torch.__file__))
+    frame, level = sys._getframe(1), 1
+    while frame is not None:
+        path = os.path.abspath(frame.f_code.co_filename)
+        if not (
+            path.startswith(here) or path.startswith(torch_dir) or frame.f_code.co_filename.startswith("<")
+        ):
+            return level
+        frame, level = frame.f_back, level + 1
+    return 1
+
+
+def _warn_once(preferred: str, fallback: str, op: str, reason: str) -> None:
+    if (preferred, reason) in _WARNED:
+        return
+    _WARNED.add((preferred, reason))
+    warnings.warn(
+        f"retquant: preferred backend {preferred!r} unavailable for {op}_retention ({reason}); "
+        f"running the {fallback} backend",
+        RuntimeWarning,
+        stacklevel=_user_stacklevel(),
+    )
 
 
 def _select_name(op: str, call: RetentionCall, backend: str | None) -> str:
@@ -116,17 +165,18 @@ def _select_name(op: str, call: RetentionCall, backend: str | None) -> str:
                 f"backend {name!r} was requested for {op}_retention but cannot run it: {reason}"
             )
         return name
-    if call.quant is not None:
+    if call.quant is None:
+        if call.q.dtype == torch.float64:
+            return "reference"
+        cpu = _REGISTRY.get("cpu")
+        if call.q.device.type != "cpu" or cpu is None or not cpu.float_path:
+            return "torch"
+        preferred, fallback = "cpu", "torch"
+    else:
         preferred = "triton" if call.q.device.type == "cuda" else "cpu"
-        reason = _why_not(preferred, op, call)
-        if reason is None:
-            return preferred
-        if (preferred, reason) not in _WARNED:
-            _WARNED.add((preferred, reason))
-            warnings.warn(
-                f"retquant: preferred backend {preferred!r} unavailable for {op}_retention "
-                f"({reason}); running the PyTorch reference",
-                RuntimeWarning,
-                stacklevel=5,  # _select_name, _select, select_impl, the op, its caller
-            )
-    return "reference"
+        fallback = "reference"
+    reason = _why_not(preferred, op, call)
+    if reason is None:
+        return preferred
+    _warn_once(preferred, fallback, op, reason)
+    return fallback

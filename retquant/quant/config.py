@@ -77,6 +77,15 @@ class RetentionQuantConfig:
                 )
         if not isinstance(self.smooth_k, bool):
             raise TypeError(f"smooth_k must be a bool, got {self.smooth_k!r}")
+        # computed once: the ops read it on every call (and torch.compile reads a plain attribute)
+        object.__setattr__(self, "_key", repr(self))
+        _BY_KEY.setdefault(self._key, self)
+
+    @property
+    def key(self) -> str:
+        """A string naming this configuration, as the retention custom ops take it (a torch op
+        schema has no slot for a dataclass): its repr, which equal configurations share."""
+        return self._key
 
     @classmethod
     def uniform(cls, bits: int, smooth_k: bool = False) -> RetentionQuantConfig:
@@ -97,6 +106,7 @@ class RetentionQuantConfig:
         return self == _DEFAULT
 
 
+_BY_KEY: dict[str, RetentionQuantConfig] = {}  # every configuration made, by key (they are few)
 _DEFAULT = RetentionQuantConfig()  # built once: is_default_int8 runs on every kernel call
 
 PRESETS: dict[str, RetentionQuantConfig] = {
@@ -124,3 +134,17 @@ def resolve_quant(quant) -> RetentionQuantConfig | None:
         f"quant must be None, a preset name {sorted(PRESETS)} or a RetentionQuantConfig, "
         f"got {type(quant).__name__}"
     )
+
+
+def config_from_key(key: str) -> RetentionQuantConfig | None:
+    """The configuration named by :attr:`RetentionQuantConfig.key` (``""``: the float path).
+
+    Example:
+        >>> config_from_key(PRESETS["int4"].key) == PRESETS["int4"]
+        True
+    """
+    if key == "":
+        return None
+    if key not in _BY_KEY:
+        raise ValueError(f"unknown quantization configuration key {key[:80]!r}")
+    return _BY_KEY[key]

@@ -59,6 +59,16 @@ class IntChunkTrace:
     acc_qs: torch.Tensor
     k_state_codes: torch.Tensor
     acc_kv: torch.Tensor
+    # scales and zero points of q, k (the scores' operand), v, shaped to broadcast against the
+    # codes; k_mean: the chunk mean subtracted from k with smooth_k (else None). Together with
+    # the codes they give the dequantized operands the backward is evaluated at.
+    q_scale: torch.Tensor
+    q_zero: torch.Tensor
+    k_scale: torch.Tensor
+    k_zero: torch.Tensor
+    v_scale: torch.Tensor
+    v_zero: torch.Tensor
+    k_mean: torch.Tensor | None
 
 
 @dataclass
@@ -66,13 +76,15 @@ class _Quantized:
     ints: torch.Tensor  # centered codes, int32
     codes: torch.Tensor
     scale: torch.Tensor
+    zero: torch.Tensor
     bound: int
 
 
 def _quant(x, spec: QuantSpec, generator) -> _Quantized:
     scale, zero = compute_qparams(x, spec, _REDUCE_DIMS[spec.granularity])
     codes = quantize(x, spec, scale, zero, generator)
-    return _Quantized(centered(codes, zero), codes, scale, max_centered_magnitude(spec.bits, spec.symmetric))
+    bound = max_centered_magnitude(spec.bits, spec.symmetric)
+    return _Quantized(centered(codes, zero), codes, scale, zero, bound)
 
 
 def _gemm(a: _Quantized, b: _Quantized, transpose_a=False, transpose_b=False):
@@ -140,6 +152,7 @@ def int_chunk_retention(
 
     # --- Q K^T with the fused-decay epilogue ---------------------------------------------
     Q = _quant(qc, config.q, generator)
+    k_mean = None
     if config.smooth_k:
         counts = torch.full((n,), float(c), device=dev)
         counts[-1] = T - (n - 1) * c
@@ -200,5 +213,12 @@ def int_chunk_retention(
             acc_qs=acc_qs,
             k_state_codes=Kd.codes,
             acc_kv=acc_kv,
+            q_scale=Q.scale,
+            q_zero=Q.zero,
+            k_scale=Kq.scale,
+            k_zero=Kq.zero,
+            v_scale=Vq.scale,
+            v_zero=Vq.zero,
+            k_mean=k_mean,
         )
     return o, S, tr

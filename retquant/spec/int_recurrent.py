@@ -13,7 +13,7 @@ The state is carried in float32; only the copy entering ``q . S`` is quantized.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -26,10 +26,26 @@ from retquant.spec.int_gemm import int_gemm
 _STATE_DIMS = {Granularity.CHANNEL: (2,), Granularity.BLOCK: (2, 3)}
 
 
+@dataclass
+class IntRecurrentTrace:
+    """Per-token codes ``[B, T, H, D]`` with their scales and zero points ``[B, T, H, 1]`` of q
+    (scaled), k and v: the quantized operands a step multiplied (for the backward)."""
+
+    q_codes: torch.Tensor
+    q_scale: torch.Tensor
+    q_zero: torch.Tensor
+    k_codes: torch.Tensor
+    k_scale: torch.Tensor
+    k_zero: torch.Tensor
+    v_codes: torch.Tensor
+    v_scale: torch.Tensor
+    v_zero: torch.Tensor
+
+
 def _per_token(x, spec, generator):
     spec = replace(spec, granularity=Granularity.TOKEN)
     scale, zero = compute_qparams(x, spec, (-1,))
-    return centered(quantize(x, spec, scale, zero, generator), zero), scale
+    return quantize(x, spec, scale, zero, generator), scale, zero
 
 
 def int_recurrent_retention(
@@ -42,12 +58,14 @@ def int_recurrent_retention(
     initial_state: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     carry_quantized_state: bool = False,
+    trace: bool = False,
 ):
     """Quantized recurrent retention on dense ``[B, T, H, *]``; returns ``(o f32, final f32)``.
 
     ``carry_quantized_state=True`` is the studied alternative, not the spec the kernels follow:
     the state carried to the next token is the per-column quantized copy (dequantized), as a
     kernel keeping an int8 state between tokens would (``bench/decode_state.py`` compares both).
+    ``trace=True`` returns ``(o, final, IntRecurrentTrace)``.
 
     Example:
         >>> from retquant.decay import default_g_gamma
@@ -59,9 +77,10 @@ def int_recurrent_retention(
     B, T, H, K = q.shape
     V = v.shape[-1]
     gamma = torch.exp(g_gamma.to(q.device)).float().view(1, H, 1, 1)
-    qi, sq = _per_token(q.float() * scale, config.q, generator)  # [B, T, H, K], [B, T, H, 1]
-    ki, sk = _per_token(k.float(), config.k, generator)
-    vi, sv = _per_token(v.float(), config.v, generator)
+    qc, sq, zq = _per_token(q.float() * scale, config.q, generator)  # [B, T, H, K], [B, T, H, 1]
+    kc, sk, zk = _per_token(k.float(), config.k, generator)
+    vc, sv, zv = _per_token(v.float(), config.v, generator)
+    qi, ki, vi = centered(qc, zq), centered(kc, zk), centered(vc, zv)
     bq = max_centered_magnitude(config.q.bits, config.q.symmetric)
     bs = max_centered_magnitude(config.state.bits, config.state.symmetric)
     S = (
@@ -80,4 +99,7 @@ def int_recurrent_retention(
         outs.append((acc.float() * sq[:, t]) * s_scale[:, :, 0])
         if carry_quantized_state:
             S = s_int.float() * s_scale  # the int8 copy becomes the state
-    return torch.stack(outs, dim=1), S
+    o = torch.stack(outs, dim=1)
+    if trace:
+        return o, S, IntRecurrentTrace(qc, sq, zq, kc, sk, zk, vc, sv, zv)
+    return o, S

@@ -1,12 +1,12 @@
-"""``parallel_retention``: fla's signature and layout, plus ``quant=`` and ``backend=``."""
+"""``parallel_retention``: fla's signature and layout, plus ``quant=``, ``g_gamma=``, ``backend=``."""
 
 from __future__ import annotations
 
 import torch
 
-from retquant.backends import select_impl
+from retquant.ops.retention.function import run_form
 from retquant.spec.naive import naive_parallel_retention
-from retquant.validate import validate_call
+from retquant.validate import check_static
 
 
 def parallel_retention(
@@ -22,11 +22,13 @@ def parallel_retention(
     quant=None,
     backend: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Parallel (quadratic) multi-scale retention.
+    """Parallel (quadratic) multi-scale retention; differentiable.
 
     Returns ``(o [B, T, H, V], attn [B, H, T, T] or None)``; ``attn`` holds the decayed scores
-    ``(q k^T) * gamma**(n-m)`` and is available on the float path without ``cu_seqlens``. With
-    ``quant`` set, the integer algorithm runs with one chunk spanning each sequence.
+    ``(q k^T) * gamma**(n-m)`` and is available on the float path without ``cu_seqlens``. The
+    float path (float32/bfloat16/float16) computes the same function with the chunkwise
+    algorithm; float64 runs the parallel specification. With ``quant`` set, the integer
+    algorithm runs with one chunk spanning each sequence.
 
     Example:
         >>> q = k = v = torch.randn(1, 8, 2, 16)
@@ -38,12 +40,11 @@ def parallel_retention(
         raise ValueError("head_first=True is not supported (deprecated in fla): pass [B, T, H, K]")
     if not isinstance(output_attentions, bool):
         raise TypeError(f"output_attentions must be a bool, got {output_attentions!r}")
-    call = validate_call(q, k, v, scale, None, False, cu_seqlens, g_gamma, quant)
-    if output_attentions and (call.quant is not None or call.cu_seqlens is not None):
+    static = check_static(q, k, v, scale, None, False, cu_seqlens, g_gamma, quant)
+    if output_attentions and (static.quant is not None or cu_seqlens is not None):
         raise ValueError("output_attentions=True needs the float path (quant=None) and no cu_seqlens")
-    o, _ = select_impl("parallel", call, backend)(call)
+    o, _ = run_form("parallel", q, k, v, static, None, cu_seqlens, False, backend, g_gamma)
     attn = None
     if output_attentions:
-        attn = naive_parallel_retention(call.q, call.k, call.v, call.g_gamma, call.scale)[2]
-        attn = attn.to(q.dtype)
+        attn = naive_parallel_retention(q, k, v, static.g_gamma, static.scale)[2].to(q.dtype)
     return o, attn

@@ -1,4 +1,4 @@
-"""torch.compile sees each CPU kernel call as one custom op (retquant/backends/cpu_ops.py).
+"""torch.compile(fullgraph=True) and torch.export see each retention call as one custom op.
 
 The checks (tests/compile_check.py) run in a fresh interpreter: torch.compile leaves
 process-wide state behind that breaks the Triton interpreter tests run later in this process.
@@ -18,7 +18,7 @@ _ERR = cpu_extension.load_error()
 
 
 @pytest.mark.skipif(_ERR is not None, reason=f"CPU extension unavailable: {_ERR}")
-def test_compile_sees_one_op_per_call_and_matches_eager():
+def test_compile_fullgraph_export_and_opcheck():
     script = os.path.join(os.path.dirname(__file__), "compile_check.py")
     r = subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
