@@ -13,3 +13,16 @@ def rand_qkv(gen, B, T, H, K, V, dtype=torch.float32):
     k = torch.randn(B, T, H, K, generator=gen, dtype=dtype)
     v = torch.randn(B, T, H, V, generator=gen, dtype=dtype)
     return q, k, v
+
+
+def assert_close(name, out, ref, rel, cos=None):
+    """``out`` within relative L2 ``rel`` (and cosine >= ``cos``) of ``ref``; says what differed."""
+    from retquant.metrics import compare
+
+    r = compare(out, ref)
+    worst = (out.double() - ref.double()).abs().flatten().argmax().item() if out.numel() else 0
+    bound = f"rel_l2 <= {rel:g}" + ("" if cos is None else f", cos >= {cos}")
+    msg = f"{name}: {r} (bound {bound}), worst at flat index {worst}"
+    assert r.rel_l2 <= rel, msg
+    if cos is not None:
+        assert r.cosine >= cos, msg

@@ -64,6 +64,11 @@ def _spec(op: str, config: RetentionQuantConfig, name: str) -> QuantSpec:
     return spec
 
 
+def _smooth(op: str, config: RetentionQuantConfig) -> bool:
+    """Whether k was smoothed (the decode spec quantizes single tokens: nothing to smooth)."""
+    return config.smooth_k and op != "fused_recurrent"
+
+
 def param_shape(op: str, spec: QuantSpec, B: int, H: int, T: int, D: int, n_slots: int) -> tuple:
     """Shape of the saved scale / zero point of an operand quantized by ``spec``."""
     c = slot_chunk(op, T)
@@ -84,7 +89,7 @@ def saved_shapes(op: str, config: RetentionQuantConfig, B, T, H, K, V, num_seqs)
         out.append((p, torch.float32))
         out.append((_EMPTY_SHAPE if spec.symmetric else p, torch.int32))
         out.append((_EMPTY_SHAPE if spec.dynamic else (B, T, H, D), torch.bool))
-    out.append(((B, H, n_slots, 1, K) if config.smooth_k else _EMPTY_SHAPE, torch.float32))
+    out.append(((B, H, n_slots, 1, K) if _smooth(op, config) else _EMPTY_SHAPE, torch.float32))
     return out
 
 
@@ -230,7 +235,7 @@ def from_traces(op: str, call: RetentionCall, traces: list) -> list[torch.Tensor
         parts[f"{name}_codes"] = torch.cat(codes, dim=1)
         parts[f"{name}_scale"], parts[f"{name}_zero"] = scale_t, zero_t
     k_mean = None
-    if call.quant.smooth_k:
+    if _smooth(op, call.quant):
         k_mean = torch.zeros(B, H, n_slots, 1, K, device=dev)
         base = 0
         for tr in traces:
@@ -262,6 +267,6 @@ def dequantize_operands(op: str, config: RetentionQuantConfig, saved: list[torch
         z = _gather(zero, slot, row) if not spec.symmetric else torch.zeros((), dtype=torch.int32)
         hats.append(centered(codes, z).float() * _gather(scale, slot, row))
         masks.append(None if spec.dynamic else mask)
-    if config.smooth_k:
+    if _smooth(op, config):
         hats[1] = hats[1] + _gather(saved[-1], slot, row)
     return hats[0], hats[1], hats[2], masks
