@@ -42,10 +42,9 @@ def _check(q, k, v, g_gamma, initial_state, cu_seqlens):
     N = B if cu_seqlens is None else cu_seqlens.numel() - 1
     if cu_seqlens is not None and B != 1:
         raise ValueError(f"cu_seqlens needs B=1 (packed sequences), got B={B}")
-    if initial_state is not None and initial_state.shape != (N, H, K, v.shape[-1]):
-        raise ValueError(
-            f"initial_state must have shape [N, H, K, V]={[N, H, K, v.shape[-1]]}, got {list(initial_state.shape)}"
-        )
+    want = [N, H, K, v.shape[-1]]
+    if initial_state is not None and list(initial_state.shape) != want:
+        raise ValueError(f"initial_state must have shape [N,H,K,V]={want}, got {list(initial_state.shape)}")
     return N
 
 
