@@ -76,25 +76,25 @@ def _token_index(lens, C, device):
     return seq, torch.div(pos, C, rounding_mode="floor"), pos % C
 
 
-def gather(x: torch.Tensor, g: Group, dtype: torch.dtype) -> torch.Tensor:
-    """``x [B, T, H, D]`` -> the group's ``[n, S, Hg, C, D]`` in ``dtype``, zero padded."""
-    S, Hg, D, n, C = g.s1 - g.s0, g.h1 - g.h0, x.shape[-1], g.n, g.C
+def gather(x: torch.Tensor, g: Group, out: torch.Tensor) -> torch.Tensor:
+    """Copy the group's part of ``x [B, T, H, D]`` into ``out [n, S, Hg, C, D]`` (converting to
+    its dtype, zero padding) and return ``out``."""
+    n, C = g.n, g.C
     if g.index is not None:
-        buf = torch.zeros(n, S, Hg, C, D, dtype=dtype, device=x.device)
-        vals = x[0, g.t0 : g.t1, g.h0 : g.h1].to(dtype)
-        buf.permute(1, 0, 3, 2, 4).index_put_(g.index, vals)
-        return buf
-    buf = torch.empty(n, S, Hg, C, D, dtype=dtype, device=x.device)
+        out.zero_()
+        vals = x[0, g.t0 : g.t1, g.h0 : g.h1].to(out.dtype)
+        out.permute(1, 0, 3, 2, 4).index_put_(g.index, vals)
+        return out
     xs = x[g.s0 : g.s1, :, g.h0 : g.h1]
     T = x.shape[1]
     full = T // C
     if full:
-        buf[:full].copy_(xs[:, : full * C].unflatten(1, (full, C)).permute(1, 0, 3, 2, 4))
+        out[:full].copy_(xs[:, : full * C].unflatten(1, (full, C)).permute(1, 0, 3, 2, 4))
     if full < n:  # the short last chunk: real rows, then zeros
         r = T - full * C
-        buf[full, :, :, :r].copy_(xs[:, full * C :].permute(0, 2, 1, 3))
-        buf[full, :, :, r:].zero_()
-    return buf
+        out[full, :, :, :r].copy_(xs[:, full * C :].permute(0, 2, 1, 3))
+        out[full, :, :, r:].zero_()
+    return out
 
 
 def scatter(xc: torch.Tensor, g: Group, out: torch.Tensor) -> None:
