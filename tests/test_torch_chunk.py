@@ -9,6 +9,7 @@ import torch
 from conftest import rand_qkv
 
 import retquant.backends.torch_chunk as tc
+from retquant.backends.chunk_layout import plan_groups
 from retquant.decay import default_g_gamma
 from retquant.metrics import compare
 from retquant.spec.naive import naive_chunk_retention
@@ -150,10 +151,10 @@ def _packed(gen, lens, H, K, V, dtype=F64):
     return q, k, v, s0, cu
 
 
-@pytest.mark.parametrize("pairs", [1, 3, 64])
-def test_varlen_equals_each_sequence_alone(gen, monkeypatch, pairs):
+@pytest.mark.parametrize("tokens", [1, 200, 10**6])
+def test_varlen_equals_each_sequence_alone(gen, monkeypatch, tokens):
     _seed(gen)
-    monkeypatch.setattr(tc, "PAIRS_PER_GROUP", pairs)
+    monkeypatch.setattr(tc, "GROUP_TOKENS", tokens)
     lens, H, K, V = [70, 1, 130], 2, 16, 8
     q, k, v, s0, cu = _packed(gen, lens, H, K, V)
     do = torch.randn(1, sum(lens), H, V, generator=gen, dtype=F64)
@@ -172,14 +173,14 @@ def test_varlen_equals_each_sequence_alone(gen, monkeypatch, pairs):
         _close(grads[3][i : i + 1], want[3])
 
 
-@pytest.mark.parametrize("pairs", [1, 5, 100])
-def test_group_size_does_not_change_results(gen, monkeypatch, pairs):
+@pytest.mark.parametrize("tokens", [1, 150, 10**6])
+def test_group_size_does_not_change_results(gen, monkeypatch, tokens):
     _seed(gen)
     B, T, H, K, V = 3, 70, 4, 8, 6
     q, k, v, s0 = _inputs(gen, B, T, H, K, V)
     do = torch.randn(B, T, H, V, generator=gen, dtype=F64)
     g = default_g_gamma(H)
-    monkeypatch.setattr(tc, "PAIRS_PER_GROUP", pairs)
+    monkeypatch.setattr(tc, "GROUP_TOKENS", tokens)
     _close(tc.chunk_fwd(q, k, v, g, 0.3, s0)[0], naive_chunk_retention(q, k, v, g, 0.3, s0)[0])
     for a, b in zip(tc.chunk_bwd(q, k, v, g, 0.3, do, s0), _spec_grads(q, k, v, g, 0.3, s0, do, None)):
         _close(a, b)
@@ -220,3 +221,11 @@ def test_wrong_shapes_raise(gen):
         tc.chunk_bwd(q, k, v, g, 0.5, torch.zeros_like(v), dht=s0[:1])
     with pytest.raises(ValueError, match="cu_seqlens"):
         tc.chunk_fwd(q, k, v, g, 0.5, cu_seqlens=torch.tensor([0, 10]))
+
+
+def test_many_short_sequences_share_groups():
+    """100 packed sequences of 10 tokens: a few groups, not one Python iteration per sequence."""
+    cu = torch.arange(0, 1001, 10)
+    groups = plan_groups(1, 1000, 2, cu, 64, 4096, "cpu")
+    assert len(groups) == 4 and all(g.h1 - g.h0 == 2 for g in groups)
+    assert [g.s0 for g in groups] == [0, 32, 64, 96]

@@ -36,43 +36,47 @@ class Group:
     index: tuple | None = None
 
 
-def plan_groups(B, T, H, cu_seqlens, C, pairs_per_group, device) -> list[Group]:
-    """Split the (sequence, head) pairs into groups of about ``pairs_per_group``.
+def plan_groups(B, T, H, cu_seqlens, C, tokens_per_group, device) -> list[Group]:
+    """Split the (sequence, head) pairs into groups of about ``tokens_per_group`` padded
+    token-heads: heads first (as many as fit with the longest sequence), then runs of
+    consecutive sequences (each group pads to its own longest one). A pair larger than the
+    budget is a group of its own, so many short packed sequences share a few groups instead of
+    one Python iteration each.
 
     Example:
-        >>> [(g.s0, g.s1, g.h0, g.h1, g.n) for g in plan_groups(2, 100, 4, None, 64, 4, "cpu")]
-        [(0, 1, 0, 4, 2), (1, 2, 0, 4, 2)]
+        >>> [(g.s0, g.s1, g.h0, g.h1, g.n) for g in plan_groups(2, 100, 4, None, 64, 1024, "cpu")]
+        [(0, 2, 0, 4, 2)]
     """
-    hg = max(1, min(H, pairs_per_group))
-    sg = max(1, pairs_per_group // H)
     if cu_seqlens is None:
-        bounds = [(s, s + 1) for s in range(B)]
-        lens = [T] * B
+        bounds = [(s * T, (s + 1) * T) for s in range(B)]
     else:
         cu = cu_seqlens.tolist()
         bounds = list(zip(cu[:-1], cu[1:]))
-        lens = [e - s for s, e in bounds]
+    chunks = [max(1, -(-(e - s) // C)) for s, e in bounds]
+    hg = max(1, min(H, tokens_per_group // (max(chunks) * C)))
     groups = []
-    for s0 in range(0, len(lens), sg):
-        s1 = min(s0 + sg, len(lens))
-        group_lens = torch.tensor(lens[s0:s1], device=device)
-        n = max(1, -(-max(lens[s0:s1]) // C))
-        starts = torch.arange(n, device=device)[:, None] * C
-        lengths = (group_lens[None, :] - starts).clamp(0, C)  # [n, S]
+    s0 = 0
+    while s0 < len(bounds):
+        s1, n = s0 + 1, chunks[s0]
+        while s1 < len(bounds) and (s1 + 1 - s0) * max(n, chunks[s1]) * C * hg <= tokens_per_group:
+            n = max(n, chunks[s1])
+            s1 += 1
+        lens = torch.tensor([e - s for s, e in bounds[s0:s1]], device=device)
+        lengths = (lens[None, :] - torch.arange(n, device=device)[:, None] * C).clamp(0, C)  # [n, S]
         extra = {}
         if cu_seqlens is not None:
-            extra = dict(t0=bounds[s0][0], t1=bounds[s1 - 1][1], index=_token_index(lens[s0:s1], C, device))
+            extra = dict(t0=bounds[s0][0], t1=bounds[s1 - 1][1], index=_token_index(lens, C))
         for h0 in range(0, H, hg):
             groups.append(Group(s0, s1, h0, min(h0 + hg, H), n, C, lengths, **extra))
+        s0 = s1
     return groups
 
 
-def _token_index(lens, C, device):
+def _token_index(lens: torch.Tensor, C: int):
     """(sequence, chunk, position) of each packed token of sequences with lengths ``lens``."""
-    lens_t = torch.tensor(lens, device=device)
-    seq = torch.repeat_interleave(torch.arange(len(lens), device=device), lens_t)
-    starts = torch.cumsum(lens_t, 0) - lens_t
-    pos = torch.arange(int(lens_t.sum()), device=device) - starts[seq]
+    seq = torch.repeat_interleave(torch.arange(len(lens), device=lens.device), lens)
+    starts = torch.cumsum(lens, 0) - lens
+    pos = torch.arange(int(lens.sum()), device=lens.device) - starts[seq]
     return seq, torch.div(pos, C, rounding_mode="floor"), pos % C
 
 
