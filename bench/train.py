@@ -200,6 +200,7 @@ def run_shape(shape, dtype, tag, repeats, check) -> list[dict]:
                 "rel_l2": accuracy(r.kind, out, ref) if check else None,
             }
         )
+    print(f"timing {len(rows)} rows x {repeats} rounds on {tag} {shape} ...", flush=True)
     times = time_rows(rows, repeats)
     for res in results:
         ts = times[res["name"]]
@@ -266,6 +267,7 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help=f"only the small shape {QUICK_SHAPES[0]}")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--shape", metavar="B,T,H,K,V", help="time this one shape instead")
     ap.add_argument("--no-check", action="store_true", help="skip the float64 accuracy reference")
     ap.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = ap.parse_args(argv)
@@ -293,7 +295,15 @@ def main(argv=None):
         "bf16": bf16_why,
         "shapes": [],
     }
-    for shape in QUICK_SHAPES if args.quick else SHAPES:
+    shapes = QUICK_SHAPES if args.quick else SHAPES
+    if args.shape:
+        try:
+            shapes = [tuple(int(x) for x in args.shape.split(","))]
+        except ValueError:
+            raise SystemExit(f"--shape wants five integers B,T,H,K,V, got {args.shape!r}") from None
+        if len(shapes[0]) != 5 or min(shapes[0]) < 1:
+            raise SystemExit(f"--shape wants five positive integers B,T,H,K,V, got {args.shape!r}")
+    for shape in shapes:
         results = []
         for dtype, tag in dtypes:
             results += run_shape(shape, dtype, tag, args.repeats, not args.no_check)
