@@ -26,8 +26,9 @@ from retquant.backends.chunk_layout import Group, gather, plan_groups, scatter
 from retquant.backends.chunk_tables import DecayTables, chunk_factors, decay_tables
 
 # Padded token-heads per group. One head of a T=4096 sequence (its chunks, states and scores,
-# ~12 MB at K=V=128) is about what stays in the L3 cache; on Zen 3 (1 thread, B=4 T=4096 H=8)
-# groups of 1 (b, h) pair ran the forward 1.2-1.8x faster than groups of 4-32 pairs.
+# ~12 MB at K=V=128) is about what stays in the L3 cache; on Zen 3 (1 thread, B=4 T=4096 H=8,
+# two interleaved runs on a busy shared machine) groups of 1 (b, h) pair ran the forward
+# 1.0-1.2x faster than groups of 2-4 pairs and 1.1-2.1x faster than groups of 8-32.
 GROUP_TOKENS = 4096
 
 
