@@ -180,3 +180,13 @@ def test_chunk_size_and_scale_arguments():
         chunk_retention(q, k, v, scale=torch.tensor([0.25]))
     with pytest.raises(TypeError, match="scale must be a real number"):
         chunk_retention(q, k, v, scale="0.25")
+
+
+def test_meta_tensors_infer_shapes_with_and_without_quant():
+    q = torch.empty(2, 100, 4, 32, device="meta")
+    v = torch.empty(2, 100, 4, 48, device="meta")
+    for quant in (None, "int8"):
+        o, s = chunk_retention(q, q, v, output_final_state=True, quant=quant)
+        assert o.shape == (2, 100, 4, 48) and o.device.type == "meta" and s.shape == (2, 4, 32, 48)
+        o, _ = fused_recurrent_retention(q, q, v, quant=quant)
+        assert o.shape == (2, 100, 4, 48)

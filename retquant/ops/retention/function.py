@@ -15,7 +15,8 @@ nothing is clipped). ``g_gamma`` is a constant (as in fla): a ``g_gamma`` that r
 an error, never a silently missing gradient.
 
 :func:`run_form` is what the public ops call. Without autograd and outside torch.compile it calls
-the forward directly (a Python custom op's dispatch costs tens of microseconds).
+the forward directly (a Python custom op's dispatch costs tens of microseconds); meta tensors
+go through the op's fake implementation, so shape inference works with and without ``quant``.
 """
 
 from __future__ import annotations
@@ -210,7 +211,8 @@ def run_form(
         )
     quant = "" if static.quant is None else static.quant.key
     args = (op, q, k, v, static.g_gamma, initial_state, cu_seqlens, static.scale, quant, backend or "")
-    if _needs_grad(q, k, v, initial_state) or torch.compiler.is_compiling():
+    # the custom op also when tracing, and for meta tensors (shape inference: its fake impl)
+    if _needs_grad(q, k, v, initial_state) or torch.compiler.is_compiling() or q.device.type == "meta":
         o, final, _ = retention(*args, _needs_grad(q, k, v, initial_state))
     else:
         o, final, _ = forward_impl(*args, False)
