@@ -20,6 +20,8 @@ Example:
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
 
 from retquant.backends import cpu_extension
@@ -27,7 +29,10 @@ from retquant.constants import CHUNK_SIZE
 from retquant.decay import chunk_decay_tables
 from retquant.validate import nonfinite_error
 
-_TABLE_CACHE: dict[tuple, dict] = {}
+# Decay tables per distinct (g_gamma, chunk size), least recently used first. Bounded: a model
+# with learned decays passes a new g_gamma at every call, and each entry holds ~0.35 MB (H=8).
+TABLE_CACHE_SIZE = 16
+_TABLE_CACHE: OrderedDict[tuple, dict] = OrderedDict()
 _NONFINITE_BITS = ((1, "q"), (2, "k"), (4, "v"), (8, "initial_state"))  # csrc/chunk_retention.h
 
 
@@ -41,11 +46,14 @@ def raise_nonfinite(status: int) -> None:
 def decay_tables(g_gamma: torch.Tensor, lengths, chunk_size: int = CHUNK_SIZE) -> dict:
     """The kernel's decay tables (row, col, mask, inter, kdec, chunk, fused; gamma) from
     :func:`retquant.decay.chunk_decay_tables`: kdec/chunk are indexed by chunk length L and
-    filled for L = chunk_size and every length in ``lengths``. Cached per ``g_gamma``."""
+    filled for L = chunk_size and every length in ``lengths``. Cached per ``g_gamma`` (the
+    :data:`TABLE_CACHE_SIZE` most recently used ones)."""
     g = g_gamma.detach().to("cpu", torch.float64)
     key = (tuple(g.tolist()), chunk_size)
     entry = _TABLE_CACHE.get(key)
-    if entry is None:
+    if entry is not None:
+        _TABLE_CACHE.move_to_end(key)
+    else:
         full = chunk_decay_tables(g, chunk_size, chunk_size)
         H, C = g.numel(), chunk_size
         entry = {
@@ -60,6 +68,8 @@ def decay_tables(g_gamma: torch.Tensor, lengths, chunk_size: int = CHUNK_SIZE) -
             "filled": set(),
         }
         _TABLE_CACHE[key] = entry
+        while len(_TABLE_CACHE) > TABLE_CACHE_SIZE:
+            _TABLE_CACHE.popitem(last=False)
     for L in {chunk_size, *lengths}:
         if L not in entry["filled"]:
             t = chunk_decay_tables(g, L, chunk_size)
