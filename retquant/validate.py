@@ -107,8 +107,13 @@ def validate_call(
     cu_seqlens=None,
     g_gamma=None,
     quant=None,
+    transpose_state_layout=False,
 ) -> RetentionCall:
-    """Check every argument of a retention op; raise ``TypeError``/``ValueError`` naming it."""
+    """Check every argument of a retention op; raise ``TypeError``/``ValueError`` naming it.
+
+    ``transpose_state_layout``: ``initial_state`` comes as ``[N, H, V, K]`` (checked, and reported
+    in errors, as the caller passed it); the returned call holds it as ``[N, H, K, V]``.
+    """
     _check_tensor(q, "q", "[B, T, H, K]")
     _check_tensor(k, "k", "[B, T, H, K]")
     _check_tensor(v, "v", "[B, T, H, V]")
@@ -128,15 +133,25 @@ def validate_call(
     cs = None if cu_seqlens is None else _check_cu_seqlens(cu_seqlens, B, T)
     n_seq = B if cs is None else cs.numel() - 1
     if initial_state is not None:
+        layout = "[N, H, V, K]" if transpose_state_layout else "[N, H, K, V]"
         if not isinstance(initial_state, torch.Tensor) or not initial_state.is_floating_point():
-            raise TypeError("initial_state must be a floating torch.Tensor of shape [N, H, K, V]")
-        want = (n_seq, H, K, v.shape[3])
+            raise TypeError(f"initial_state must be a floating torch.Tensor of shape {layout}")
+        want = (n_seq, H, v.shape[3], K) if transpose_state_layout else (n_seq, H, K, v.shape[3])
         if tuple(initial_state.shape) != want:
             raise ValueError(
-                f"initial_state must have shape [N, H, K, V]={list(want)}, got {list(initial_state.shape)}"
+                f"initial_state must have shape {layout}={list(want)}, got {list(initial_state.shape)}"
             )
         if initial_state.device != q.device:
             raise ValueError(f"initial_state must be on {q.device}, got {initial_state.device}")
+        if transpose_state_layout:
+            initial_state = initial_state.transpose(-1, -2)
+    quant = resolve_quant(quant)
+    if quant is not None and q.device.type == "meta":
+        # The quantization scales are functions of the values, which meta tensors do not have.
+        raise ValueError(
+            "quantized retention (quant set) needs tensors with values, got meta tensors; for "
+            "shape inference call with quant=None (same output shapes)"
+        )
     # Finiteness of the inputs is checked after backend selection (RetentionCall.check_finite, or
     # inside kernels that see every input element anyway): it is a full pass over the inputs.
     return RetentionCall(
@@ -148,5 +163,5 @@ def validate_call(
         initial_state=initial_state,
         output_final_state=output_final_state,
         cu_seqlens=cs,
-        quant=resolve_quant(quant),
+        quant=quant,
     )

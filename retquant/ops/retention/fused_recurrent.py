@@ -46,9 +46,9 @@ def fused_recurrent_retention(
     for name, flag in (("reverse", reverse), ("transpose_state_layout", transpose_state_layout)):
         if not isinstance(flag, bool):
             raise TypeError(f"{name} must be a bool, got {flag!r}")
-    if transpose_state_layout and isinstance(initial_state, torch.Tensor):
-        initial_state = initial_state.transpose(-1, -2)
-    call = validate_call(q, k, v, scale, initial_state, output_final_state, cu_seqlens, g_gamma, quant)
+    call = validate_call(
+        q, k, v, scale, initial_state, output_final_state, cu_seqlens, g_gamma, quant, transpose_state_layout
+    )
     if reverse:
         fq, fk, fv = (_flip_sequences(x, call.cu_seqlens) for x in (call.q, call.k, call.v))
         call = replace(call, q=fq, k=fk, v=fv)
