@@ -95,8 +95,9 @@ class RetentionDecoder:
     def step(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """One token per sequence: ``q, k [B, H, K]``, ``v [B, H, V]`` -> ``o [B, H, V]`` (q's dtype).
 
-        Raises ``ValueError`` when q, k, v or the state hold inf/NaN (the state is then invalid:
-        :meth:`reset` it).
+        Raises ``ValueError`` when q, k or v hold inf/NaN; the state is then left exactly as it was
+        (every token of the step is checked before any of the state is written). A state holding
+        inf/NaN (passed to the constructor or :meth:`reset`) raises too: :meth:`reset` it.
         """
         q, k, v = self._check(q, "q", 2), self._check(k, "k", 2), self._check(v, "v", 3)
         if not self._kernel:
