@@ -2,7 +2,8 @@
 // rejected for its tokens leaves a state updated in place (RetentionDecoder) bit for bit as it
 // was: the per-token checks inside recurrent_body.h come after earlier tokens and other heads
 // have already been written. One pass over B * H * (2K + V) floats per decode step: small next
-// to the K * V state update per head.
+// to the K * V state update per head. A separate initial state (not updated in place) is
+// range-checked here too; one updated in place is the caller's own, checked when it was set.
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -16,25 +17,35 @@
 
 namespace retquant {
 
-// Flags (kNonFiniteQ | kNonFiniteK | kNonFiniteV) of the inputs holding an element outside
-// the accepted range: not finite (the comparison is false for NaN).
+// Non-finite flag | range flag of n floats (times `mul`, as the kernel quantizes them) against
+// the range bound `lim` (chunk_retention.h); comparisons are false for NaN.
+inline int scan_range(const float* x, int64_t n, float mul, float lim, int nonfinite, int range) {
+  constexpr float kMax = std::numeric_limits<float>::max();
+  int bad_finite = 0, bad_range = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    bad_finite |= !(std::fabs(x[i]) <= kMax);
+    bad_range |= !(std::fabs(x[i] * mul) < lim);
+  }
+  return (bad_finite ? nonfinite : 0) | (bad_range ? range : 0);
+}
+
+// Flags (chunk_retention.h) of q, k, v and the initial state outside the accepted range.
 inline int scan_recurrent_tokens(const RecurrentParams& p) {
   const int64_t T = p.offsets[p.N];
   const int64_t row_q = static_cast<int64_t>(p.H) * p.K, row_v = static_cast<int64_t>(p.H) * p.V;
-  const float lim = std::numeric_limits<float>::max();
   std::atomic<int> flags{0};
   // Decode calls (a token or a few per sequence) stay on the calling thread.
   const int64_t grain = 1 + (int64_t{1} << 16) / (2 * row_q + row_v);
   at::parallel_for(0, T, grain, [&](int64_t begin, int64_t end) {
-    int bq = 0, bk = 0, bv = 0;
-    const float scale = p.scale;
-    for (int64_t i = begin * row_q; i < end * row_q; ++i) {
-      bq |= !(std::fabs(p.q[i] * scale) <= lim);  // q as the kernel quantizes it: times scale
-      bk |= !(std::fabs(p.k[i]) <= lim);
-    }
-    for (int64_t i = begin * row_v; i < end * row_v; ++i) bv |= !(std::fabs(p.v[i]) <= lim);
-    flags.fetch_or((bq ? kNonFiniteQ : 0) | (bk ? kNonFiniteK : 0) | (bv ? kNonFiniteV : 0));
+    const int64_t nq = (end - begin) * row_q, nv = (end - begin) * row_v;
+    flags.fetch_or(scan_range(p.q + begin * row_q, nq, p.scale, kMaxInputAbs, kNonFiniteQ, kRangeQ) |
+                   scan_range(p.k + begin * row_q, nq, 1.f, kMaxInputAbs, kNonFiniteK, kRangeK) |
+                   scan_range(p.v + begin * row_v, nv, 1.f, kMaxInputAbs, kNonFiniteV, kRangeV));
   });
+  if (p.init != nullptr && p.init != p.final_state) {
+    const int64_t n = p.N * p.H * static_cast<int64_t>(p.K) * p.V;
+    flags.fetch_or(scan_range(p.init, n, 1.f, kMaxStateAbs, kNonFiniteState, kRangeState));
+  }
   return flags.load();
 }
 

@@ -6,7 +6,8 @@ such) with sequence ``offsets [N + 1]`` (int64) and return ``(o [T_total, H, V] 
 final_state [N, H, K, V] float32)``. Each has a fake (meta) implementation
 giving the output shapes, which is what a compiler traces; at run time it builds the decay
 tables, calls the C++ op (``retquant::chunk_fwd`` / ``retquant::recurrent_fwd``) and raises the
-``ValueError`` of :func:`retquant.validate.nonfinite_error` when the kernel saw inf or NaN.
+``ValueError`` of :func:`retquant.validate.check_quant_inputs` when the kernel saw inf, NaN or
+an input outside the accepted range.
 Eager calls go to the same Python functions directly (:func:`chunk`, :func:`recurrent`).
 
 Example:
@@ -27,20 +28,24 @@ import torch
 from retquant.backends import cpu_extension
 from retquant.constants import CHUNK_SIZE
 from retquant.decay import chunk_decay_tables
-from retquant.validate import nonfinite_error
+from retquant.validate import nonfinite_error, range_error
 
 # Decay tables per distinct (g_gamma, chunk size), least recently used first. Bounded: a model
 # with learned decays passes a new g_gamma at every call, and each entry holds ~0.35 MB (H=8).
 TABLE_CACHE_SIZE = 16
 _TABLE_CACHE: OrderedDict[tuple, dict] = OrderedDict()
-_NONFINITE_BITS = ((1, "q"), (2, "k"), (4, "v"), (8, "initial_state"))  # csrc/chunk_retention.h
+# csrc/chunk_retention.h: per input, the non-finite flag and the out-of-range flag
+_STATUS_BITS = ((1, 16, "q"), (2, 32, "k"), (4, 64, "v"), (8, 128, "initial_state"))
 
 
 def raise_nonfinite(status: int) -> None:
-    """The kernels flag inf/NaN inputs while reading them (no extra pass): name the first."""
-    for bit, name in _NONFINITE_BITS:
-        if status & bit:
+    """The kernels flag inf/NaN and out-of-range inputs while reading them (no extra pass): raise
+    the ValueError :func:`retquant.validate.check_quant_inputs` raises for the first of them."""
+    for finite_bit, range_bit, name in _STATUS_BITS:
+        if status & finite_bit:
             raise nonfinite_error(name)
+        if status & range_bit:
+            raise range_error(name)
 
 
 def decay_tables(g_gamma: torch.Tensor, lengths, chunk_size: int = CHUNK_SIZE) -> dict:
