@@ -176,6 +176,7 @@ TORCH_LIBRARY(retquant, m) {
   m.def("has_vnni() -> bool");
   m.def("empty_cached(int[] size, ScalarType dtype) -> Tensor");
   m.def("release_cached_outputs() -> ()", &release_cached_outputs);
+  m.def("cached_output_bytes() -> int", &cached_output_bytes);
 }
 
 TORCH_LIBRARY_IMPL(retquant, CPU, m) {

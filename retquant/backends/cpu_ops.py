@@ -96,15 +96,38 @@ def chunk_args(q, k, v, offsets, scale, g_gamma, initial_state, use_vnni) -> tup
     return (q, k, v, offsets, scale, *tables, initial_state, use_vnni)
 
 
+OUTPUT_CACHE_ENV = "RETQUANT_OUTPUT_CACHE_MB"
+
+
 def release_cached_outputs() -> None:
-    """Give back to the OS the freed output buffers the CPU kernels keep for reuse (at most
-    256 MiB, ``csrc/output_alloc.cpp``); outputs still in use are not affected.
+    """Give back to the OS the freed output buffers the CPU kernels keep for reuse
+    (``csrc/output_alloc.cpp``); outputs still in use are not affected.
+
+    Outputs of 2 MiB or more come from that cache: buffers are mapped in size classes (8 per
+    power of two, so nearby shapes share them) and freed ones are kept, up to
+    ``RETQUANT_OUTPUT_CACHE_MB`` MiB (default 128; read once, at the first such output; 0
+    disables the cache), least recently freed evicted first.
 
     Example:
         >>> release_cached_outputs()
+        >>> cached_output_bytes()
+        0
     """
     if cpu_extension.load_error() is None:
         cpu_extension.ops().release_cached_outputs()
+
+
+def cached_output_bytes() -> int:
+    """Bytes of freed output buffers the cache holds now (at most the ``RETQUANT_OUTPUT_CACHE_MB``
+    cap; 0 when the extension is not built).
+
+    Example:
+        >>> isinstance(cached_output_bytes(), int)
+        True
+    """
+    if cpu_extension.load_error() is not None:
+        return 0
+    return int(cpu_extension.ops().cached_output_bytes())
 
 
 def _shapes(q: torch.Tensor, v: torch.Tensor, offsets: torch.Tensor):
