@@ -16,6 +16,10 @@ constexpr int kRangeQ = 16, kRangeK = 32, kRangeV = 64, kRangeState = 128;
 constexpr float kMaxInputAbs = 4261412864.0f;  // 127 * 2^25
 constexpr float kMaxInputScale = 33554432.0f;  // 2^25: scale < 2^25 <=> max |x| < 127 * 2^25
 constexpr float kMaxStateAbs = 0x1p100f;
+// x * kStateProbe is inf or NaN exactly when x is not finite or |x| >= kMaxStateAbs: the decode
+// kernel's check of the state it reads anyway (kNonFiniteState then covers both; the Python side
+// tells them apart on the error path).
+constexpr float kStateProbe = 0x1p28f;
 
 // All tensors contiguous; tokens of every sequence are rows of [T_total, H, D]. q, k, v and out
 // are float32, or all bfloat16 (bf16); everything else float32.

@@ -2,8 +2,9 @@
 // rejected for its tokens leaves a state updated in place (RetentionDecoder) bit for bit as it
 // was: the per-token checks inside recurrent_body.h come after earlier tokens and other heads
 // have already been written. One pass over B * H * (2K + V) floats per decode step: small next
-// to the K * V state update per head. A separate initial state (not updated in place) is
-// range-checked here too; one updated in place is the caller's own, checked when it was set.
+// to the K * V state update per head. The state is not scanned here (a second pass over K * V
+// per head would cost as much as the step): the kernel checks it while reading it
+// (kStateProbe), and RetentionDecoder checks the state it updates in place when it is set.
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -29,7 +30,7 @@ inline int scan_range(const float* x, int64_t n, float mul, float lim, int nonfi
   return (bad_finite ? nonfinite : 0) | (bad_range ? range : 0);
 }
 
-// Flags (chunk_retention.h) of q, k, v and the initial state outside the accepted range.
+// Flags (chunk_retention.h) of q, k, v outside the accepted range.
 inline int scan_recurrent_tokens(const RecurrentParams& p) {
   const int64_t T = p.offsets[p.N];
   const int64_t row_q = static_cast<int64_t>(p.H) * p.K, row_v = static_cast<int64_t>(p.H) * p.V;
@@ -42,10 +43,6 @@ inline int scan_recurrent_tokens(const RecurrentParams& p) {
                    scan_range(p.k + begin * row_q, nq, 1.f, kMaxInputAbs, kNonFiniteK, kRangeK) |
                    scan_range(p.v + begin * row_v, nv, 1.f, kMaxInputAbs, kNonFiniteV, kRangeV));
   });
-  if (p.init != nullptr && p.init != p.final_state) {
-    const int64_t n = p.N * p.H * static_cast<int64_t>(p.K) * p.V;
-    flags.fetch_or(scan_range(p.init, n, 1.f, kMaxStateAbs, kNonFiniteState, kRangeState));
-  }
   return flags.load();
 }
 

@@ -28,7 +28,7 @@ import torch
 from retquant.backends import cpu_extension
 from retquant.constants import CHUNK_SIZE
 from retquant.decay import chunk_decay_tables
-from retquant.validate import nonfinite_error, range_error
+from retquant.validate import check_quant_inputs, nonfinite_error, range_error
 
 # Decay tables per distinct (g_gamma, chunk size), least recently used first. Bounded: a model
 # with learned decays passes a new g_gamma at every call, and each entry holds ~0.35 MB (H=8).
@@ -46,6 +46,15 @@ def raise_nonfinite(status: int) -> None:
             raise nonfinite_error(name)
         if status & range_bit:
             raise range_error(name)
+
+
+def raise_recurrent_status(status: int, initial_state: torch.Tensor | None) -> None:
+    """:func:`raise_nonfinite` for the decode kernel, which checks the state while reading it with
+    one flag for "inf/NaN" and "magnitude >= 2**100" (no extra pass): on that error path the
+    state is scanned once here to raise the matching error."""
+    if status & 8 and initial_state is not None:
+        check_quant_inputs(None, None, None, initial_state, 1.0)
+    raise_nonfinite(status)
 
 
 def decay_tables(g_gamma: torch.Tensor, lengths, chunk_size: int = CHUNK_SIZE) -> dict:
@@ -171,7 +180,8 @@ def recurrent_int8(
     status = ops.recurrent_fwd(
         q, k, v, offsets, scale, gamma, initial_state, out, final, cpu_extension.use_vnni()
     )
-    raise_nonfinite(status)
+    if status:
+        raise_recurrent_status(status, initial_state)
     return out, final
 
 

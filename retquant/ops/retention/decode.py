@@ -136,5 +136,5 @@ class RetentionDecoder:
             *tokens, self._offsets, self.scale, self._gamma, self.state, out, self.state, self._vnni
         )
         if status:
-            cpu_ops.raise_nonfinite(status)
+            cpu_ops.raise_recurrent_status(status, self.state)
         return out if q.dtype == torch.float32 else out.to(q.dtype)
