@@ -19,6 +19,14 @@ namespace RQ_BODY_NS {
 #include "quant.h"
 #include RQ_STAGES
 
+// `flag` if any of the n quantization scales is 2^25 or more (max |x| >= 127 * 2^25: outside the
+// accepted range, chunk_retention.h); checked on the scales every ISA's stages compute alike.
+static inline int scales_out_of_range(const float* scale, int n, int flag) {
+  int bad = 0;
+  for (int i = 0; i < n; ++i) bad |= !(scale[i] < kMaxInputScale);
+  return bad ? flag : 0;
+}
+
 // One chunk of L tokens starting at global token index t0, for head h; T: element type of q,
 // k, v and out (float, or uint16_t holding bfloat16).
 template <typename T>
@@ -38,12 +46,14 @@ static void chunk_step(const ChunkParams& p, Scratch& s, int64_t t0, int L, int 
   // Q (scaled) and K per token -> A codes of Q K^T / Q S, B codes of Q K^T; K~ = K * g^(L-1-j)
   // and its column amax, read while the K rows are in cache.
   s.bad |= quant_token_rows(q0, k0, ldq, v0, ldv, L, p.scale, kdec, s);
+  s.bad |= scales_out_of_range(s.sq, L, kRangeQ) | scales_out_of_range(s.sk, L, kRangeK);
   RQ_GEMM({s.qu8, K4, s.kp, C16, s.cs_k, s.acc_qk, C16, L, L, K4, true, false});
   score_codes(L, p.fused[h] != 0, p.row + h * C, p.col + h * C, p.mask + h * C * C, s);
 
   // V per channel of the chunk, packed once for both P V and K~^T V.
   if (!col_amax(v0, ldv, L, V, s.amax)) s.bad |= kNonFiniteV;
   quant_cols_packed(v0, ldv, L, L4, V, V16, s.amax, s.sv, s.vp, s.cs_v, s.cs_v_prefix, false);
+  s.bad |= scales_out_of_range(s.sv, V, kRangeV);
   GemmArgs pv{s.pu8, C4, s.vp, V16, s.cs_v, s.acc_pv, V16, L, V, L4, false, true};
   pv.colsum_prefix = s.cs_v_prefix;
   RQ_GEMM(pv);
@@ -104,8 +114,10 @@ static int run_tasks_of(const ChunkParams& p, int64_t begin, int64_t end) {
       } else {
         std::memset(S, 0, kv * sizeof(float));
       }
-      // Column amax of the initial state, for the first chunk's Q S.
-      if (!col_amax(S, p.V, p.K, p.V, states + kv * G + (h - h0) * V16)) s.bad |= kNonFiniteState;
+      // Column amax of the initial state, for the first chunk's Q S (and its range check).
+      float* amax = states + kv * G + (h - h0) * V16;
+      if (!col_amax(S, p.V, p.K, p.V, amax)) s.bad |= kNonFiniteState;
+      for (int c = 0; c < p.V; ++c) s.bad |= amax[c] < kMaxStateAbs ? 0 : kRangeState;
     }
     const int64_t start = p.offsets[n], stop = p.offsets[n + 1];
     int64_t ci = 0;

@@ -9,6 +9,17 @@ namespace retquant {
 // NaN, or'ed (the Python side names them in a ValueError; the outputs are then meaningless).
 constexpr int kOutOfMemory = -1;
 constexpr int kNonFiniteQ = 1, kNonFiniteK = 2, kNonFiniteV = 4, kNonFiniteState = 8;
+// Finite inputs beyond the range of a quantized call (retquant/constants.py QUANT_INPUT_MAX,
+// QUANT_STATE_MAX), where a float32 intermediate could overflow: |q * scale|, |k|, |v| must stay
+// below 127 * 2^25, i.e. every quantization scale (max / 127) below 2^25; |initial state| < 2^100.
+constexpr int kRangeQ = 16, kRangeK = 32, kRangeV = 64, kRangeState = 128;
+constexpr float kMaxInputAbs = 4261412864.0f;  // 127 * 2^25
+constexpr float kMaxInputScale = 33554432.0f;  // 2^25: scale < 2^25 <=> max |x| < 127 * 2^25
+constexpr float kMaxStateAbs = 0x1p100f;
+// x * kStateProbe is inf or NaN exactly when x is not finite or |x| >= kMaxStateAbs: the decode
+// kernel's check of the state it reads anyway (kNonFiniteState then covers both; the Python side
+// tells them apart on the error path).
+constexpr float kStateProbe = 0x1p28f;
 
 // All tensors contiguous; tokens of every sequence are rows of [T_total, H, D]. q, k, v and out
 // are float32, or all bfloat16 (bf16); everything else float32.

@@ -7,6 +7,7 @@
 #include "chunk_retention.h"
 #include "gemm.h"
 #include "output_alloc.h"
+#include "quantize_rows.h"
 
 namespace retquant {
 namespace {
@@ -176,12 +177,19 @@ TORCH_LIBRARY(retquant, m) {
   m.def("has_vnni() -> bool");
   m.def("empty_cached(int[] size, ScalarType dtype) -> Tensor");
   m.def("release_cached_outputs() -> ()", &release_cached_outputs);
+  m.def("cached_output_bytes() -> int", &cached_output_bytes);
+  m.def("quantize_tokens(Tensor x, float mul, Tensor(a!) codes, Tensor(b!) scales) -> int");
+  m.def(
+      "quantize_v_chunks(Tensor v, Tensor offsets, int chunk_size, Tensor(a!) codes, "
+      "Tensor(b!) scales) -> int");
 }
 
 TORCH_LIBRARY_IMPL(retquant, CPU, m) {
   m.impl("chunk_fwd", &chunk_fwd);
   m.impl("chunk_fwd_debug", &chunk_fwd_debug);
   m.impl("recurrent_fwd", &recurrent_fwd);
+  m.impl("quantize_tokens", &quantize_tokens);
+  m.impl("quantize_v_chunks", &quantize_v_chunks);
 }
 
 TORCH_LIBRARY_IMPL(retquant, CompositeExplicitAutograd, m) {

@@ -47,7 +47,7 @@ static inline __mmask16 update_block(const float* src, float* S, int K, int V, i
     const float* old_row = src + static_cast<int64_t>(k) * V + v0;
     for (int j = 0; j < NV; ++j) {
       const __m512 old = src != nullptr ? _mm512_maskz_loadu_ps(m[j], old_row + 16 * j) : _mm512_setzero_ps();
-      if (kCheck) bad |= nonfinite(old);
+      if (kCheck) bad |= nonfinite(_mm512_mul_ps(old, _mm512_set1_ps(kStateProbe)));
       const __m512 upd = _mm512_mul_ps(_mm512_mul_ps(kc, vfv[j]), vskv);
       const __m512 sn = _mm512_add_ps(_mm512_mul_ps(old, vg), upd);
       _mm512_mask_storeu_ps(row + 16 * j, m[j], sn);

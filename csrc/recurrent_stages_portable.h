@@ -19,7 +19,8 @@ static inline bool quant_token(const float* x, float mul, bool scaled, int n, fl
 }
 
 // S = src * g + (float(k_int) * float(v_int)) * skv (src null: zeros) with the column amax of
-// the new S; returns false if `check` and src holds inf or NaN.
+// the new S; returns false if `check` and src holds inf, NaN or a magnitude >= 2^100
+// (kStateProbe).
 static inline bool update_state(const float* src, float* S, int K, int V, float g,
                                 const int32_t* ki, const float* vf, float skv, float* amax,
                                 bool check) {
@@ -29,7 +30,7 @@ static inline bool update_state(const float* src, float* S, int K, int V, float 
     const float kc = static_cast<float>(ki[k]);
     for (int v = 0; v < V; ++v) {
       const float old = src != nullptr ? src[k * V + v] : 0.f;
-      probe += old * 0.f;
+      probe += (old * kStateProbe) * 0.f;
       const float s = old * g + (kc * vf[v]) * skv;
       S[k * V + v] = s;
       const float a = std::fabs(s);

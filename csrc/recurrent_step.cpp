@@ -9,6 +9,7 @@
 #include "chunk_retention.h"
 #include "gemm.h"
 #include "parallel_tasks.h"
+#include "token_check.h"
 
 #define RQ_BODY_NS rec_portable
 #define RQ_STAGES "recurrent_stages_portable.h"
@@ -22,6 +23,9 @@ int recurrent_tasks_avx512(const RecurrentParams& p, int64_t begin, int64_t end)
 
 int recurrent_retention_cpu(const RecurrentParams& p) {
   static const bool avx512 = cpu_has_avx512_vnni();
+  // Rejected tokens: return before any state is written (the state may be updated in place).
+  const int bad_tokens = scan_recurrent_tokens(p);
+  if (bad_tokens != 0) return bad_tokens;
   return run_task_grid(p.N * p.H, "recurrent", [&p](int64_t begin, int64_t end) {
     return (avx512 && p.use_avx512) ? recurrent_tasks_avx512(p, begin, end)
                                     : rec_portable::run_tasks(p, begin, end);

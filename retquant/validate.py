@@ -1,20 +1,47 @@
 """Argument checks shared by the public ops: clear errors before any kernel runs.
 
+Shapes, dtypes, devices, ``scale``, ``g_gamma``, ``cu_seqlens`` and ``quant`` are checked by
+:func:`validate_call` for every call. Quantized calls also have a value range
+(:data:`retquant.constants.QUANT_INPUT_MAX`, :data:`~retquant.constants.QUANT_STATE_MAX`), which
+every backend enforces with the same ``ValueError`` (:func:`check_quant_inputs`, or the kernels'
+own checks while they read the inputs):
+
+- ``q``, ``k``, ``v``, ``initial_state`` must be finite (inf/NaN would corrupt every value that
+  shares its quantization scale);
+- ``|q * scale|`` (the float32 product), ``|k|``, ``|v|`` must stay below ``127 * 2**25``
+  (~4.26e9) and ``|initial_state|`` below ``2**100``: within these bounds no float32 intermediate
+  (scores, dequantization products, the carried state) can overflow, so a finite true output
+  comes out finite, bit-identical on every backend, and an output too large for float32 is
+  ``+-inf`` as in float arithmetic. Beyond them (e.g. ``q, k ~ 1e19``, ``v ~ 1e-20``, whose true
+  output is finite) the scores' dequantization ``acc * s_q * row * s_k * col`` would overflow.
+- ``scale`` must be finite and > 0 with a float32 rounding that is finite and > 0 (the kernels
+  multiply q by the float32 scale).
+
+
 Two layers: :func:`check_static` looks only at types, shapes, dtypes and devices (what
 torch.compile can trace without a graph break), :func:`validate_call` adds the checks that read
 values (``cu_seqlens`` bounds, ``g_gamma`` range) and builds the :class:`RetentionCall` every
 backend receives. The ops run the first in Python and the second inside their custom op.
+
+Example:
+    >>> q = torch.full((1, 4, 1, 8), 1e19); v = torch.full((1, 4, 1, 8), 1e-20)
+    >>> try:
+    ...     check_quant_inputs(q, q, v, None, 8**-0.5)
+    ... except ValueError as e:
+    ...     print(str(e)[:60])
+    q holds values too large for quantized retention: |q * scale
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+import struct
 from dataclasses import dataclass
 
 import torch
 
-from retquant.constants import CHUNK_SIZE
+from retquant.constants import CHUNK_SIZE, QUANT_INPUT_MAX, QUANT_STATE_MAX
 from retquant.decay import default_g_gamma, resolve_g_gamma
 from retquant.quant.config import RetentionQuantConfig, resolve_quant
 
@@ -34,17 +61,15 @@ class RetentionCall:
     quant: RetentionQuantConfig | None
 
     def check_finite(self) -> None:
-        """Raise ``ValueError`` naming the first of q, k, v, initial_state holding inf or NaN.
+        """Raise ``ValueError`` naming the first of q, k, v, initial_state holding inf or NaN or
+        values outside the quantized range (:func:`check_quant_inputs`).
 
         Quantized calls only (a float call propagates non-finite values like any matmul). Backends
-        whose kernels detect non-finite inputs while reading them (``Backend.checks_finite``)
-        skip this extra pass over the inputs.
+        whose kernels check their inputs while reading them (``Backend.checks_finite``) skip this
+        extra pass over the inputs.
         """
-        if self.quant is None:
-            return
-        for x, name in ((self.q, "q"), (self.k, "k"), (self.v, "v"), (self.initial_state, "initial_state")):
-            if x is not None:
-                _check_finite(x, name)
+        if self.quant is not None:
+            check_quant_inputs(self.q, self.k, self.v, self.initial_state, self.scale)
 
     @property
     def num_sequences(self) -> int:
@@ -68,12 +93,44 @@ def nonfinite_error(name: str) -> ValueError:
     )
 
 
-def _check_finite(x: torch.Tensor, name: str) -> None:
-    # One reduction pass: min and max propagate NaN and expose +-inf, so both are finite exactly
-    # when every element is (torch.isfinite(x).all() materializes a bool tensor: 3x slower).
-    lo, hi = torch.aminmax(x.detach())
-    if not (bool(torch.isfinite(lo)) and bool(torch.isfinite(hi))):
-        raise nonfinite_error(name)
+def range_error(name: str) -> ValueError:
+    """The error for a quantized call whose finite input ``name`` exceeds the accepted range
+    (the kernels report it without the largest value, which they do not keep)."""
+    what, bound = _RANGE[name]
+    return ValueError(
+        f"{name} holds values too large for quantized retention: |{what}| must stay below {bound}"
+    )
+
+
+_INPUT_BOUND = "4261412864 (127 * 2**25)"
+_RANGE = {
+    "q": ("q * scale", _INPUT_BOUND),
+    "k": ("k", _INPUT_BOUND),
+    "v": ("v", _INPUT_BOUND),
+    "initial_state": ("initial_state", "2**100"),
+}
+
+
+def check_quant_inputs(q, k, v, initial_state, scale: float) -> None:
+    """Raise ``ValueError`` naming the first of q, k, v, initial_state (``None``: skipped) that
+    holds inf/NaN or values outside the range of a quantized call (see the module docstring).
+
+    One reduction pass per tensor: min and max propagate NaN and expose +-inf, and the largest
+    magnitude decides the range (``torch.isfinite(x).all()`` materializes a bool tensor: 3x
+    slower). q's bound applies to the float32 product ``q * scale``, as the kernels compute it.
+    """
+    for x, name in ((q, "q"), (k, "k"), (v, "v"), (initial_state, "initial_state")):
+        if x is None:
+            continue
+        lo, hi = torch.aminmax(x.detach())
+        if not (bool(torch.isfinite(lo)) and bool(torch.isfinite(hi))):
+            raise nonfinite_error(name)
+        # float32 rounding is monotone, so this is the largest |x| (|x * scale|) the kernels see
+        top = torch.maximum(lo.abs(), hi.abs()).float()
+        if name == "q":
+            top = top * scale
+        if not bool(top < (QUANT_STATE_MAX if name == "initial_state" else QUANT_INPUT_MAX)):
+            raise ValueError(f"{range_error(name)}, got {top.item():.3g}")
 
 
 def _check_cu_seqlens_static(cu_seqlens, B: int) -> None:
@@ -114,6 +171,12 @@ def _check_scale(scale, K: int) -> float:
     scale = float(scale)
     if not math.isfinite(scale) or scale <= 0:
         raise ValueError(f"scale must be finite and > 0, got {scale}")
+    try:  # the kernels multiply by the float32 scale: it must not round to inf or 0
+        scale32 = struct.unpack("f", struct.pack("f", scale))[0]
+    except OverflowError:
+        scale32 = math.inf
+    if not 0 < scale32 < math.inf:
+        raise ValueError(f"scale must round to a finite float32 > 0, got {scale}")
     return scale
 
 
@@ -223,6 +286,13 @@ def validate_call(
     static = check_static(
         q, k, v, scale, initial_state, output_final_state, cu_seqlens, g_gamma, quant, chunk_size
     )
+    if static.quant is not None and q.device.type == "meta":
+        # The quantization scales are functions of the values, which meta tensors do not have
+        # (the ops themselves infer shapes on meta tensors through their fake implementation).
+        raise ValueError(
+            "quantized retention (quant set) needs tensors with values, got meta tensors; for "
+            "shape inference call the public ops, or use quant=None (same output shapes)"
+        )
     cs = None if cu_seqlens is None else _check_cu_seqlens(cu_seqlens, q.shape[0], q.shape[1])
     # Finiteness of the inputs is checked after backend selection (RetentionCall.check_finite, or
     # inside kernels that see every input element anyway): it is a full pass over the inputs.

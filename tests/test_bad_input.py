@@ -1,5 +1,7 @@
 """Bad input raises a clear TypeError/ValueError naming the argument."""
 
+import re
+
 import pytest
 import torch
 
@@ -169,6 +171,15 @@ CASES = [
         "output_attentions",
     ),
     ("empty T", lambda: chunk_retention(q[:, :0], k[:, :0], v[:, :0]), ValueError, "non-empty"),
+    (
+        # the shape the user passed and the transposed layout's expected shape, not K/V swapped
+        "transposed initial_state shape",
+        lambda: fused_recurrent_retention(
+            q, k, v, initial_state=torch.zeros(B, H, K, V), transpose_state_layout=True
+        ),
+        ValueError,
+        re.escape(f"initial_state must have shape [N, H, V, K]={[B, H, V, K]}, got {[B, H, K, V]}"),
+    ),
 ]
 
 
@@ -180,6 +191,20 @@ def test_bad_input_is_named(call, exc, msg):
 
 def test_there_are_enough_cases():
     assert len(CASES) >= 15
+
+
+def test_meta_tensors_without_quant_infer_shapes():
+    o, s = chunk_retention(q.to("meta"), k.to("meta"), v.to("meta"), output_final_state=True)
+    assert o.shape == v.shape and s.shape == (B, H, K, V) and o.is_meta
+
+
+def test_transposed_initial_state_is_used_transposed():
+    s = torch.randn(B, H, V, K)
+    o_t, f_t = fused_recurrent_retention(
+        q, k, v, initial_state=s, output_final_state=True, transpose_state_layout=True
+    )
+    o, f = fused_recurrent_retention(q, k, v, initial_state=s.transpose(-1, -2), output_final_state=True)
+    assert torch.equal(o_t, o) and torch.equal(f_t, f.transpose(-1, -2))
 
 
 def test_env_backend_is_validated(monkeypatch):

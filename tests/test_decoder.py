@@ -90,3 +90,26 @@ def test_bad_tokens():
     bad[1, 1, 3] = float("nan")
     with pytest.raises(ValueError, match="q holds inf or NaN"):
         dec.step(bad, q, torch.randn(2, 2, 8))
+
+
+@pytest.mark.parametrize("backend", ["reference", pytest.param("cpu", marks=_NO_CPU)])
+@pytest.mark.parametrize("name", ["q", "k", "v"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
+def test_rejected_step_leaves_the_state_as_it_was(backend, name, bad):
+    # The kernel updates the state in place: a step that raises must not have written any of it
+    # (other sequences/heads included), so the next step still gives the right answer.
+    B, H, K, V = 3, 2, 16, 8
+    q, k, v = (x[:, 0] for x in _seq(B, 1, H, K, V, seed=1))
+    dec = RetentionDecoder(B, H, K, V, quant="int8", backend=backend, initial_state=torch.randn(B, H, K, V))
+    dec.step(q, k, v)
+    before = dec.state.clone()
+    tokens = {"q": q.clone(), "k": k.clone(), "v": v.clone()}
+    tokens[name][B - 1, H - 1, 3] = bad  # the last sequence's last head: after all the others
+    with pytest.raises(ValueError, match=f"{name} holds inf or NaN"):
+        dec.step(tokens["q"], tokens["k"], tokens["v"])
+    assert torch.equal(dec.state, before)
+    o = dec.step(q, k, v)
+    o_ref, s_ref = fused_recurrent_retention(
+        q[:, None], k[:, None], v[:, None], initial_state=before, output_final_state=True, quant="int8"
+    )
+    assert torch.equal(o, o_ref[:, 0]) and torch.equal(dec.state, s_ref)

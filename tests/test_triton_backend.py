@@ -150,6 +150,21 @@ def test_training_output_is_inference_output_and_gradients_match_reference(fn):
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("op", [chunk_retention, fused_recurrent_retention], ids=["chunk", "recurrent"])
+def test_value_range_is_enforced_and_extremes_stay_exact(op):
+    # q, k ~ 1e19 with v ~ 1e-20 (finite true output) would overflow the scores' float32
+    # dequantization: rejected as on every backend (retquant.validate); just inside the range
+    # (|q * scale|, |k|, |v| < 127 * 2**25) the kernels still equal the spec bit for bit.
+    (q, k, v), h0 = _inputs(1, 70, 2, 16, 8, seed=9)
+    with pytest.raises(ValueError, match="q holds values too large"):
+        op(q * 1e19, k * 1e19, v * 1e-20, quant="int8", backend="triton")
+    top = 0.999 * 127 * 2**25 / 4.0  # the inputs' largest |x| is below 4 (randn, seed 9)
+    kw = dict(scale=1.0, initial_state=h0, output_final_state=True, quant="int8")
+    o, f = op(q * top, k * top, v * top, backend="triton", **kw)
+    ro, rf = op(q * top, k * top, v * top, backend="reference", **kw)
+    assert torch.isfinite(o).all() and torch.equal(o, ro) and torch.equal(f, rf)
+
+
 def test_public_chunk_op_no_final_state():
     (q, k, v), _ = _inputs(2, 65, 2, 16, 16, seed=5)
     o, f = chunk_retention(q, k, v, quant="int8", backend="triton")

@@ -34,6 +34,7 @@ SOURCES = (
     "gemm_portable.cpp",
     "gemm_vnni.cpp",
     "output_alloc.cpp",
+    "quantize_rows.cpp",
     "gemm_bench.cpp",
 )
 CFLAGS = ["-O3", "-g", "-std=c++17", "-fopenmp", "-ffp-contract=off", "-fno-fast-math"]

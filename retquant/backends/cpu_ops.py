@@ -6,7 +6,8 @@ such) with sequence ``offsets [N + 1]`` (int64) and return ``(o [T_total, H, V] 
 final_state [N, H, K, V] float32)``. Each has a fake (meta) implementation
 giving the output shapes, which is what a compiler traces; at run time it builds the decay
 tables, calls the C++ op (``retquant::chunk_fwd`` / ``retquant::recurrent_fwd``) and raises the
-``ValueError`` of :func:`retquant.validate.nonfinite_error` when the kernel saw inf or NaN.
+``ValueError`` of :func:`retquant.validate.check_quant_inputs` when the kernel saw inf, NaN or
+an input outside the accepted range.
 Eager calls go to the same Python functions directly (:func:`chunk`, :func:`recurrent`).
 
 Example:
@@ -20,32 +21,53 @@ Example:
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
 
 from retquant.backends import cpu_extension
 from retquant.constants import CHUNK_SIZE
 from retquant.decay import chunk_decay_tables
-from retquant.validate import nonfinite_error
+from retquant.validate import check_quant_inputs, nonfinite_error, range_error
 
-_TABLE_CACHE: dict[tuple, dict] = {}
-_NONFINITE_BITS = ((1, "q"), (2, "k"), (4, "v"), (8, "initial_state"))  # csrc/chunk_retention.h
+# Decay tables per distinct (g_gamma, chunk size), least recently used first. Bounded: a model
+# with learned decays passes a new g_gamma at every call, and each entry holds ~0.35 MB (H=8).
+TABLE_CACHE_SIZE = 16
+_TABLE_CACHE: OrderedDict[tuple, dict] = OrderedDict()
+# csrc/chunk_retention.h: per input, the non-finite flag and the out-of-range flag
+_STATUS_BITS = ((1, 16, "q"), (2, 32, "k"), (4, 64, "v"), (8, 128, "initial_state"))
 
 
 def raise_nonfinite(status: int) -> None:
-    """The kernels flag inf/NaN inputs while reading them (no extra pass): name the first."""
-    for bit, name in _NONFINITE_BITS:
-        if status & bit:
+    """The kernels flag inf/NaN and out-of-range inputs while reading them (no extra pass): raise
+    the ValueError :func:`retquant.validate.check_quant_inputs` raises for the first of them."""
+    for finite_bit, range_bit, name in _STATUS_BITS:
+        if status & finite_bit:
             raise nonfinite_error(name)
+        if status & range_bit:
+            raise range_error(name)
+
+
+def raise_recurrent_status(status: int, initial_state: torch.Tensor | None) -> None:
+    """:func:`raise_nonfinite` for the decode kernel, which checks the state while reading it with
+    one flag for "inf/NaN" and "magnitude >= 2**100" (no extra pass): on that error path the
+    state is scanned once here to raise the matching error."""
+    if status & 8 and initial_state is not None:
+        check_quant_inputs(None, None, None, initial_state, 1.0)
+    raise_nonfinite(status)
 
 
 def decay_tables(g_gamma: torch.Tensor, lengths, chunk_size: int = CHUNK_SIZE) -> dict:
     """The kernel's decay tables (row, col, mask, inter, kdec, chunk, fused; gamma) from
     :func:`retquant.decay.chunk_decay_tables`: kdec/chunk are indexed by chunk length L and
-    filled for L = chunk_size and every length in ``lengths``. Cached per ``g_gamma``."""
+    filled for L = chunk_size and every length in ``lengths``. Cached per ``g_gamma`` (the
+    :data:`TABLE_CACHE_SIZE` most recently used ones)."""
     g = g_gamma.detach().to("cpu", torch.float64)
     key = (tuple(g.tolist()), chunk_size)
     entry = _TABLE_CACHE.get(key)
-    if entry is None:
+    if entry is not None:
+        _TABLE_CACHE.move_to_end(key)
+    else:
         full = chunk_decay_tables(g, chunk_size, chunk_size)
         H, C = g.numel(), chunk_size
         entry = {
@@ -60,6 +82,8 @@ def decay_tables(g_gamma: torch.Tensor, lengths, chunk_size: int = CHUNK_SIZE) -
             "filled": set(),
         }
         _TABLE_CACHE[key] = entry
+        while len(_TABLE_CACHE) > TABLE_CACHE_SIZE:
+            _TABLE_CACHE.popitem(last=False)
     for L in {chunk_size, *lengths}:
         if L not in entry["filled"]:
             t = chunk_decay_tables(g, L, chunk_size)
@@ -81,15 +105,38 @@ def chunk_args(q, k, v, offsets, scale, g_gamma, initial_state, use_vnni) -> tup
     return (q, k, v, offsets, scale, *tables, initial_state, use_vnni)
 
 
+OUTPUT_CACHE_ENV = "RETQUANT_OUTPUT_CACHE_MB"
+
+
 def release_cached_outputs() -> None:
-    """Give back to the OS the freed output buffers the CPU kernels keep for reuse (at most
-    256 MiB, ``csrc/output_alloc.cpp``); outputs still in use are not affected.
+    """Give back to the OS the freed output buffers the CPU kernels keep for reuse
+    (``csrc/output_alloc.cpp``); outputs still in use are not affected.
+
+    Outputs of 2 MiB or more come from that cache: buffers are mapped in size classes (8 per
+    power of two, so nearby shapes share them) and freed ones are kept, up to
+    ``RETQUANT_OUTPUT_CACHE_MB`` MiB (default 128; read once, at the first such output; 0
+    disables the cache), least recently freed evicted first.
 
     Example:
         >>> release_cached_outputs()
+        >>> cached_output_bytes()
+        0
     """
     if cpu_extension.load_error() is None:
         cpu_extension.ops().release_cached_outputs()
+
+
+def cached_output_bytes() -> int:
+    """Bytes of freed output buffers the cache holds now (at most the ``RETQUANT_OUTPUT_CACHE_MB``
+    cap; 0 when the extension is not built).
+
+    Example:
+        >>> isinstance(cached_output_bytes(), int)
+        True
+    """
+    if cpu_extension.load_error() is not None:
+        return 0
+    return int(cpu_extension.ops().cached_output_bytes())
 
 
 def _shapes(q: torch.Tensor, v: torch.Tensor, offsets: torch.Tensor):
@@ -133,7 +180,8 @@ def recurrent_int8(
     status = ops.recurrent_fwd(
         q, k, v, offsets, scale, gamma, initial_state, out, final, cpu_extension.use_vnni()
     )
-    raise_nonfinite(status)
+    if status:
+        raise_recurrent_status(status, initial_state)
     return out, final
 
 

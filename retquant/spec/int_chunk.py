@@ -17,6 +17,15 @@ Per (batch, head) and chunk i of L <= C tokens (local index a, b, j), with q alr
    quantizing), quantized per channel (spec ``k_state``);
    ``S_i = S_{i-1} * gamma**L + (K~_int^T V_int) * s_k~[k] * s_v[v]`` in float32.
 
+Range: q, k, v and initial_state are checked first (:func:`retquant.validate.check_quant_inputs`):
+finite, ``|q * scale|, |k|, |v| < 127 * 2**25`` and ``|initial_state| < 2**100``, else
+``ValueError``. Within that range no float32 intermediate overflows (the scores of step 2 stay
+below ``K * 2**88``, the state below ``2**101``), so a finite true output is finite and an output
+whose quantized value exceeds float32's range is ``+-inf``; beyond it step 2's
+``acc * s_q * row * s_k * col`` could overflow while the true output is finite (e.g.
+``q, k ~ 1e19``, ``v ~ 1e-20``), which is why such inputs are rejected (see
+:mod:`retquant.validate`).
+
 Every float step is one correctly rounded float32 operation in the order written (no fused
 multiply-add), the decay factors come from :func:`retquant.decay.chunk_decay_tables`, and the
 integer GEMMs are exact, so a kernel following the same order produces the same integers.
@@ -35,6 +44,7 @@ from retquant.quant.primitives import centered, compute_qparams, quantize
 from retquant.quant.ranges import max_centered_magnitude
 from retquant.quant.spec import Granularity, QuantSpec
 from retquant.spec.int_gemm import int_gemm
+from retquant.validate import check_quant_inputs
 
 # Dims of a [B, H, N, rows, cols] chunked tensor that share one scale, per granularity.
 _REDUCE_DIMS = {
@@ -138,6 +148,7 @@ def int_chunk_retention(
         >>> o.shape, s.shape
         (torch.Size([1, 70, 2, 8]), torch.Size([1, 2, 16, 8]))
     """
+    check_quant_inputs(q, k, v, initial_state, scale)
     B, T, H, K = q.shape
     V = v.shape[-1]
     c = chunk_size

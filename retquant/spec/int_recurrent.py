@@ -8,7 +8,8 @@ Per (batch, head) and step t, with q already scaled:
     S_t quantized per column (spec ``state``)
     o_t = (q_int . S_int) * s_q * s_S[v]                        int32 accumulate over K
 
-The state is carried in float32; only the copy entering ``q . S`` is quantized.
+The state is carried in float32; only the copy entering ``q . S`` is quantized. Inputs are
+range-checked first, as in :mod:`retquant.spec.int_chunk` (:func:`retquant.validate.check_quant_inputs`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from retquant.quant.primitives import centered, compute_qparams, quantize
 from retquant.quant.ranges import max_centered_magnitude
 from retquant.quant.spec import Granularity
 from retquant.spec.int_gemm import int_gemm
+from retquant.validate import check_quant_inputs
 
 _STATE_DIMS = {Granularity.CHANNEL: (2,), Granularity.BLOCK: (2, 3)}
 
@@ -74,6 +76,7 @@ def int_recurrent_retention(
         >>> o.shape
         torch.Size([1, 3, 2, 8])
     """
+    check_quant_inputs(q, k, v, initial_state, scale)
     B, T, H, K = q.shape
     V = v.shape[-1]
     gamma = torch.exp(g_gamma.to(q.device)).float().view(1, H, 1, 1)

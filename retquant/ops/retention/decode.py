@@ -13,7 +13,7 @@ import torch
 
 from retquant.backends import cpu, cpu_extension, cpu_ops, select_impl
 from retquant.ops.retention.fused_recurrent import fused_recurrent_retention
-from retquant.validate import validate_call
+from retquant.validate import check_quant_inputs, validate_call
 
 
 class RetentionDecoder:
@@ -63,6 +63,7 @@ class RetentionDecoder:
         self._impl = select_impl("fused_recurrent", call, backend)
         self.shape = (B, H, K, V)
         self.scale, self.g_gamma, self.quant, self.backend = call.scale, call.g_gamma, call.quant, backend
+        self._check_state(state)
         self.state = state.detach().to(device=device, dtype=torch.float32).clone().contiguous()
         self._kernel = self._impl is cpu.fused_recurrent
         if self._kernel:  # everything a step needs besides the tokens, resolved once
@@ -79,7 +80,14 @@ class RetentionDecoder:
             got = list(initial_state.shape)
             raise ValueError(f"initial_state must have shape [B, H, K, V]={list(self.shape)}, got {got}")
         else:
+            self._check_state(initial_state)
             self.state.copy_(initial_state)
+
+    def _check_state(self, state: torch.Tensor) -> None:
+        # A start state for the quantized kernels: finite and in range, checked once here; the
+        # per-step check of the state then only sees the decoder's own (in-range) updates.
+        if self.quant is not None:
+            check_quant_inputs(None, None, None, state, self.scale)
 
     def _check(self, x, name: str, dim: int) -> torch.Tensor:
         B, H = self.shape[:2]
@@ -95,8 +103,9 @@ class RetentionDecoder:
     def step(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """One token per sequence: ``q, k [B, H, K]``, ``v [B, H, V]`` -> ``o [B, H, V]`` (q's dtype).
 
-        Raises ``ValueError`` when q, k, v or the state hold inf/NaN (the state is then invalid:
-        :meth:`reset` it).
+        Raises ``ValueError`` when q, k or v hold inf/NaN; the state is then left exactly as it was
+        (every token of the step is checked before any of the state is written). A state holding
+        inf/NaN (passed to the constructor or :meth:`reset`) raises too: :meth:`reset` it.
         """
         q, k, v = self._check(q, "q", 2), self._check(k, "k", 2), self._check(v, "v", 3)
         if not self._kernel:
@@ -127,5 +136,5 @@ class RetentionDecoder:
             *tokens, self._offsets, self.scale, self._gamma, self.state, out, self.state, self._vnni
         )
         if status:
-            cpu_ops.raise_nonfinite(status)
+            cpu_ops.raise_recurrent_status(status, self.state)
         return out if q.dtype == torch.float32 else out.to(q.dtype)

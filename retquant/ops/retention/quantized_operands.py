@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import torch
 
+from retquant.backends import cpu_extension, cpu_quant
 from retquant.constants import CHUNK_SIZE
 from retquant.quant.config import RetentionQuantConfig
 from retquant.quant.primitives import centered, compute_qparams, quantize
@@ -172,13 +173,51 @@ def _num_seqs(call: RetentionCall):
     return None if call.cu_seqlens is None else call.cu_seqlens.numel() - 1
 
 
+def _cpu_int8_parts(op: str, call: RetentionCall, slot, row, n_slots) -> dict | None:
+    """The default int8 operands by the C++ quantize ops (one pass per operand, bit-identical to
+    the spec's primitives), or None where they do not apply (other device, extension missing)."""
+    if call.q.device.type != "cpu" or not call.quant.is_default_int8() or cpu_extension.load_error():
+        return None
+    B, T, H, K = call.q.shape
+    V = call.v.shape[-1]
+    c = slot_chunk(op, T)
+
+    def tokens(x):  # [B, T, H, D] -> [B*T, H, D] float32 or bfloat16, as the kernels read them
+        x = x.detach()
+        return (x if x.dtype in (torch.float32, torch.bfloat16) else x.float()).reshape(B * T, H, x.shape[-1])
+
+    parts = {}
+    for name, x, mul in (("q", call.q, call.scale), ("k", call.k, 1.0)):
+        codes, scales = cpu_quant.quantize_tokens(tokens(x), mul, name=name)
+        parts[f"{name}_codes"] = codes.view(B, T, H, K)
+        parts[f"{name}_scale"] = _scatter(scales.view(B, T, H, 1), slot, row, (B, H, n_slots, c, 1), 1.0)
+    if op == "fused_recurrent":  # v per token too
+        codes, scales = cpu_quant.quantize_tokens(tokens(call.v), 1.0, name="v")
+        parts["v_scale"] = _scatter(scales.view(B, T, H, 1), slot, row, (B, H, n_slots, 1, 1), 1.0)
+    else:
+        offsets = (
+            torch.arange(0, B * T + 1, T, dtype=torch.int64) if call.cu_seqlens is None else call.cu_seqlens
+        )
+        codes, scales = cpu_quant.quantize_v_chunks(tokens(call.v), offsets, c, name="v")
+        n = scales.shape[0] // B  # chunks are numbered sequence by sequence = slot order
+        v_scale = torch.ones(B, H, n_slots, 1, V)
+        v_scale[:, :, :n, 0] = scales.view(B, n, H, V).transpose(1, 2)
+        parts["v_scale"] = v_scale
+    parts["v_codes"] = codes.view(B, T, H, V)
+    return parts
+
+
 def default_int8_operands(op: str, call: RetentionCall) -> list[torch.Tensor]:
     """Saved operands of a call the int8 kernels ran (token / channel granularities), computed
-    with the spec's arithmetic, so the codes are the ones the kernel multiplied."""
+    with the spec's arithmetic, so the codes are the ones the kernel multiplied: by the C++
+    quantize ops for CPU tensors, else by the spec's primitives."""
     B, T, H, K = call.q.shape
     V = call.v.shape[-1]
     n_slots = slot_count(op, B, T, _num_seqs(call))
     slot, row = slot_index(op, B, T, call.cu_seqlens, call.q.device)
+    fast = _cpu_int8_parts(op, call, slot, row, n_slots)
+    if fast is not None:
+        return _pack(op, call.quant, B, T, H, K, V, _num_seqs(call), fast, None)
     parts = {}
     for name, x in zip(OPERANDS, _inputs_quantized(call)):
         spec = _spec(op, call.quant, name)
