@@ -35,6 +35,10 @@ SOURCES = (
     "gemm_vnni.cpp",
     "output_alloc.cpp",
     "gemm_bench.cpp",
+    "float_chunk.cpp",
+    "float_chunk_portable.cpp",
+    "float_chunk_avx2.cpp",
+    "float_chunk_avx512.cpp",
 )
 CFLAGS = ["-O3", "-g", "-std=c++17", "-fopenmp", "-ffp-contract=off", "-fno-fast-math"]
 
