@@ -32,9 +32,10 @@ struct FloatChunkParams {
   float* final_state;        // [N, H, K, V] float32
   bool bf16 = false;         // element type of q, k, v, out
   int isa = kFloatIsaPortable;
+  int heads_per_task = 1;    // heads one task walks together (set by float_chunk_cpu)
 };
 
-// Runs the (sequence, head) grid over torch's threads; raises (TORCH_CHECK) when scratch
+// Runs the (sequence, head group) grid over torch's threads; raises (TORCH_CHECK) when scratch
 // allocation fails or `isa` is not available on this CPU.
 void float_chunk_cpu(const FloatChunkParams& p);
 
@@ -43,7 +44,7 @@ int float_chunk_best_isa();
 bool cpu_has_avx2_fma();
 bool cpu_has_avx512f();
 
-// Tasks [begin, end) of the grid (task = n * H + h) for one ISA; 0, or kOutOfMemory of
+// Tasks [begin, end) of the grid (task = n * groups + head group) for one ISA; 0, or kOutOfMemory of
 // chunk_retention.h.
 int float_chunk_tasks_portable(const FloatChunkParams& p, int64_t begin, int64_t end);
 int float_chunk_tasks_avx2(const FloatChunkParams& p, int64_t begin, int64_t end);

@@ -51,25 +51,26 @@ struct Scratch {
   float* kd;        // [C][K]          K * g^(L-1-j)          (A of K~^T V, read down columns)
   float* kt;        // [C/16][K][16]   K^T                    (B of Q K^T)
   float* vb;        // [NP][C][16]     V, zero beyond V       (B of P V and K~^T V)
-  float* s;         // [NP][K][16]     the state, zero beyond V (B of Q S; updated in place)
   float* p;         // [C][C]          P = (Q K^T) ⊙ D        (A of P V)
+  float* states;    // [G][NP][K][16]  the states of the task's G heads, zero beyond V
+  float* s;         // the current head's state in `states` (B of Q S; updated in place)
   void* arena;
 };
 
-static inline bool scratch_init(Scratch& s, int C, int K, int V) {
+static inline bool scratch_init(Scratch& s, int C, int K, int V, int G) {
   s.C = C;
   s.K = K;
   s.V = V;
   s.NP = (V + kPanel - 1) / kPanel;
   const int64_t ck = static_cast<int64_t>(C) * K;
   const int64_t sizes[] = {ck, ck, ck, ck, static_cast<int64_t>(s.NP) * C * kPanel,
-                           static_cast<int64_t>(s.NP) * K * kPanel, static_cast<int64_t>(C) * C};
+                           static_cast<int64_t>(C) * C, static_cast<int64_t>(G) * s.NP * K * kPanel};
   int64_t floats = 0;
   for (int64_t n : sizes) floats += (n + 15) / 16 * 16;
   s.arena = std::calloc(static_cast<size_t>(floats) * sizeof(float) + 64, 1);
   if (s.arena == nullptr) return false;
   float* at = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(s.arena) + 63) / 64 * 64);
-  float** dst[] = {&s.qs, &s.qi, &s.kd, &s.kt, &s.vb, &s.s, &s.p};
+  float** dst[] = {&s.qs, &s.qi, &s.kd, &s.kt, &s.vb, &s.p, &s.states};
   for (int i = 0; i < 7; ++i) {
     *dst[i] = at;
     at += (sizes[i] + 15) / 16 * 16;
@@ -225,9 +226,53 @@ static inline void state_rows(Scratch& s, int k0, int L, int pi, float decay) {
   for (int i = 0; i < M; ++i) vstore(S + i * kPanel, acc[i]);
 }
 
+// Rows of the (chunk, head) step after this one, to prefetch into L2 while this one computes:
+// one head's rows are H * D elements apart, so the hardware prefetchers (which stop at page
+// boundaries) fetch little of them.
+struct Next {
+  int64_t t0 = 0;
+  int h = 0, rows = 0;  // rows = 0: nothing to prefetch
+};
+
+// A hint that *p is needed soon, into L2. Inline asm because GCC's vectorizer silently drops
+// __builtin_prefetch from the loops it vectorizes (the prefetch loops below are such loops).
+static inline void prefetch_l2(const char* p) {
+#if defined(__x86_64__) || defined(__i386__)
+  asm volatile("prefetcht1 %0" : : "m"(*p));
+#else
+  __builtin_prefetch(p, 0, 2);
+#endif
+}
+
+// Lines of rows j = first, first + step, ... (< next.rows) of q, k, v (read) and out (written).
+template <typename T>
+static inline void prefetch_rows(const FloatChunkParams& p, const Next& next, int first, int step) {
+  const int64_t ldk = static_cast<int64_t>(p.H) * p.K, ldv = static_cast<int64_t>(p.H) * p.V;
+  const int64_t kbytes = static_cast<int64_t>(p.K) * sizeof(T), vbytes = p.V * static_cast<int64_t>(sizeof(T));
+  const T* q = static_cast<const T*>(p.q) + (next.t0 * p.H + next.h) * p.K;
+  const T* k = static_cast<const T*>(p.k) + (next.t0 * p.H + next.h) * p.K;
+  const T* v = static_cast<const T*>(p.v) + (next.t0 * p.H + next.h) * p.V;
+  const T* o = static_cast<const T*>(p.out) + (next.t0 * p.H + next.h) * p.V;
+  for (int j = first; j < next.rows; j += step) {
+    const char* qj = reinterpret_cast<const char*>(q + j * ldk);
+    const char* kj = reinterpret_cast<const char*>(k + j * ldk);
+    const char* vj = reinterpret_cast<const char*>(v + j * ldv);
+    const char* oj = reinterpret_cast<const char*>(o + j * ldv);
+    for (int64_t b = 0; b < kbytes; b += 64) {
+      prefetch_l2(qj + b);
+      prefetch_l2(kj + b);
+    }
+    for (int64_t b = 0; b < vbytes; b += 64) {
+      prefetch_l2(vj + b);
+      prefetch_l2(oj + b);  // the output rows too: their stores would each wait for the line
+    }
+  }
+}
+
 // One chunk of L tokens starting at global token t0, head h.
 template <typename T>
-static void chunk_step(const FloatChunkParams& p, Scratch& s, int64_t t0, int L, int h) {
+static void chunk_step(const FloatChunkParams& p, Scratch& s, int64_t t0, int L, int h,
+                       const Next& next) {
   const int C = s.C, K = s.K;
   const int64_t ldk = static_cast<int64_t>(p.H) * K, ldv = static_cast<int64_t>(p.H) * s.V;
   const float* mask = p.mask + static_cast<int64_t>(h) * C * C;
@@ -243,6 +288,7 @@ static void chunk_step(const FloatChunkParams& p, Scratch& s, int64_t t0, int L,
   // Panel by panel of V's columns, while that panel of V and of S is in L1: the output (which
   // reads S_{i-1}), then the state update of the same columns.
   for (int pi = 0; pi < s.NP; ++pi) {
+    prefetch_rows<T>(p, next, pi, s.NP);
     for (int m0 = 0; m0 < L; m0 += kTileRows)
       with_rows<kTileRows>(L - m0, [&](auto rows) {
         out_rows<decltype(rows)::value, T>(s, m0, pi, o, ldv);
@@ -254,12 +300,12 @@ static void chunk_step(const FloatChunkParams& p, Scratch& s, int64_t t0, int L,
   }
 }
 
-// The state [K][V] (or zero) -> the panels s.s, and back.
-static inline void load_state(const float* init, Scratch& s) {
+// The state [K][V] (or zero) -> the panels S ([NP][K][16]), and back.
+static inline void load_state(const float* init, float* S, const Scratch& s) {
   for (int pi = 0; pi < s.NP; ++pi) {
     const int cols = imin(kPanel, s.V - pi * kPanel);
     for (int k = 0; k < s.K; ++k) {
-      float* dst = s.s + (static_cast<int64_t>(pi) * s.K + k) * kPanel;
+      float* dst = S + (static_cast<int64_t>(pi) * s.K + k) * kPanel;
       for (int c = 0; c < kPanel; ++c)
         dst[c] = init != nullptr && c < cols ? init[static_cast<int64_t>(k) * s.V + pi * kPanel + c]
                                              : 0.f;
@@ -267,31 +313,55 @@ static inline void load_state(const float* init, Scratch& s) {
   }
 }
 
-static inline void store_state(float* out, const Scratch& s) {
+static inline void store_state(const float* S, float* out, const Scratch& s) {
   for (int pi = 0; pi < s.NP; ++pi) {
     const int cols = imin(kPanel, s.V - pi * kPanel);
     for (int k = 0; k < s.K; ++k) {
-      const float* src = s.s + (static_cast<int64_t>(pi) * s.K + k) * kPanel;
+      const float* src = S + (static_cast<int64_t>(pi) * s.K + k) * kPanel;
       for (int c = 0; c < cols; ++c) out[static_cast<int64_t>(k) * s.V + pi * kPanel + c] = src[c];
     }
   }
 }
 
-// Tasks [begin, end) of the grid, task = n * H + h: one head of one sequence, chunk after chunk,
-// so its state stays in this core's cache for the whole sequence.
+// Tasks [begin, end) of the (sequence, head group) grid: a task walks the chunks of one sequence
+// and, per chunk, each head of its group, so that the rows it reads (the heads of a token are
+// adjacent in [T, H, D]) come from few pages, in order, and the next step's rows, prefetched
+// during this one, mostly lie in pages just used.
 template <typename T>
 static int run_tasks_of(const FloatChunkParams& p, int64_t begin, int64_t end) {
+  const int G = p.heads_per_task, groups = (p.H + G - 1) / G;
   Scratch s;
-  if (!scratch_init(s, p.C, p.K, p.V)) return kOutOfMemory;
+  if (!scratch_init(s, p.C, p.K, p.V, G)) return kOutOfMemory;
   const int64_t kv = static_cast<int64_t>(p.K) * p.V;
+  const int64_t panels = static_cast<int64_t>(s.NP) * p.K * kPanel;  // one head's state
+  auto rows_from = [&p](int64_t t0, int64_t stop) {
+    return static_cast<int>(stop - t0 < p.C ? stop - t0 : p.C);
+  };
   for (int64_t task = begin; task < end; ++task) {
-    const int64_t n = task / p.H;
-    const int h = static_cast<int>(task % p.H);
-    load_state(p.init != nullptr ? p.init + task * kv : nullptr, s);
+    const int64_t n = task / groups;
+    const int h0 = static_cast<int>(task % groups) * G, h1 = imin(h0 + G, p.H);
+    for (int h = h0; h < h1; ++h)
+      load_state(p.init != nullptr ? p.init + (n * p.H + h) * kv : nullptr,
+                 s.states + (h - h0) * panels, s);
     const int64_t stop = p.offsets[n + 1];
-    for (int64_t t0 = p.offsets[n]; t0 < stop; t0 += p.C)
-      chunk_step<T>(p, s, t0, static_cast<int>(stop - t0 < p.C ? stop - t0 : p.C), h);
-    store_state(p.final_state + task * kv, s);
+    for (int64_t t0 = p.offsets[n]; t0 < stop; t0 += p.C) {
+      for (int h = h0; h < h1; ++h) {
+        Next next;  // the next head, else the next chunk, else the next task's first step
+        if (h + 1 < h1) {
+          next = {t0, h + 1, rows_from(t0, stop)};
+        } else if (t0 + p.C < stop) {
+          next = {t0 + p.C, h0, rows_from(t0 + p.C, stop)};
+        } else if (task + 1 < end) {
+          const int64_t n1 = (task + 1) / groups;
+          next = {p.offsets[n1], static_cast<int>((task + 1) % groups) * G,
+                  rows_from(p.offsets[n1], p.offsets[n1 + 1])};
+        }
+        s.s = s.states + (h - h0) * panels;
+        chunk_step<T>(p, s, t0, rows_from(t0, stop), h, next);
+      }
+    }
+    for (int h = h0; h < h1; ++h)
+      store_state(s.states + (h - h0) * panels, p.final_state + (n * p.H + h) * kv, s);
   }
   std::free(s.arena);
   return 0;

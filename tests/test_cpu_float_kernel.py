@@ -95,6 +95,25 @@ def test_float32_matches_float64_spec(shape, isa, gen):
     _check(fin, ref_s, F32_BOUND)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_head_groups(threads, isa, gen):
+    """A task walks a group of heads chunk by chunk; the group size follows the thread count
+    (at least two tasks per thread): 1 thread puts all 3 heads in one group, 2 threads groups of
+    2 (the second group partial)."""
+    B, T, H, K, V = 2, 100, 3, 40, 72
+    q, k, v, s = _inputs(gen, B, T, H, K, V, True)
+    gg = default_g_gamma(H)
+    ref, ref_s = naive_chunk_retention(q, k, v, gg, 0.2, s)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        o, fin = _run(q, k, v, s, gg, 0.2)
+    finally:
+        torch.set_num_threads(before)
+    _check(o.view(B, T, H, V), ref, F32_BOUND)
+    _check(fin, ref_s, F32_BOUND)
+
+
 def test_varlen_equals_each_sequence_alone(isa, gen):
     H, K, V = 2, 40, 72
     lengths = [65, 1, 130]
