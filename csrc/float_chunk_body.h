@@ -49,6 +49,7 @@ struct Scratch {
   float* qs;        // [C][K]          Q * scale              (A of Q K^T)
   float* qi;        // [C][K]          Q * scale * g^(a+1)    (A of Q S_{i-1})
   float* kd;        // [C][K]          K * g^(L-1-j)          (A of K~^T V, read down columns)
+  float* kr;        // [C][K]          K as float32           (transposed into kt)
   float* kt;        // [C/16][K][16]   K^T                    (B of Q K^T)
   float* vb;        // [NP][C][16]     V, zero beyond V       (B of P V and K~^T V)
   float* p;         // [C][C]          P = (Q K^T) ⊙ D        (A of P V)
@@ -63,15 +64,15 @@ static inline bool scratch_init(Scratch& s, int C, int K, int V, int G) {
   s.V = V;
   s.NP = (V + kPanel - 1) / kPanel;
   const int64_t ck = static_cast<int64_t>(C) * K;
-  const int64_t sizes[] = {ck, ck, ck, ck, static_cast<int64_t>(s.NP) * C * kPanel,
+  const int64_t sizes[] = {ck, ck, ck, ck, ck, static_cast<int64_t>(s.NP) * C * kPanel,
                            static_cast<int64_t>(C) * C, static_cast<int64_t>(G) * s.NP * K * kPanel};
   int64_t floats = 0;
   for (int64_t n : sizes) floats += (n + 15) / 16 * 16;
   s.arena = std::calloc(static_cast<size_t>(floats) * sizeof(float) + 64, 1);
   if (s.arena == nullptr) return false;
   float* at = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(s.arena) + 63) / 64 * 64);
-  float** dst[] = {&s.qs, &s.qi, &s.kd, &s.kt, &s.vb, &s.p, &s.states};
-  for (int i = 0; i < 7; ++i) {
+  float** dst[] = {&s.qs, &s.qi, &s.kd, &s.kr, &s.kt, &s.vb, &s.p, &s.states};
+  for (int i = 0; i < 8; ++i) {
     *dst[i] = at;
     at += (sizes[i] + 15) / 16 * 16;
   }
@@ -129,33 +130,40 @@ static inline void pack_q(const T* q, int64_t ld, int L, float scale, const floa
   }
 }
 
-// K rows -> kd = K * kdec[j] (token-major) and the K^T panels kt. The panel columns past a
-// short last chunk are zeroed, so the masked scores there are exactly 0 * 0.
+// K rows -> kd = K * kdec[j] (token-major) and the K^T panels kt (through kr, in 8 x 8 blocks).
+// The panel columns past a short last chunk are zeroed, so the masked scores there are 0 * 0.
 template <typename T>
 static inline void pack_k(const T* k, int64_t ld, int L, const float* kdec, Scratch& s) {
-  const int K = s.K, K16 = K / kPanel * kPanel;
+  const int K = s.K, K16 = K / kPanel * kPanel, K8 = K / 8 * 8, L8 = L / 8 * 8;
   for (int j = 0; j < L; ++j, k += ld) {
     float* kd = s.kd + static_cast<int64_t>(j) * K;
-    float* kt = s.kt + static_cast<int64_t>(j / kPanel) * K * kPanel + j % kPanel;
+    float* kr = s.kr + static_cast<int64_t>(j) * K;
     const Vec g = vset(kdec[j]);
-    float row[kPanel];
     int c = 0;
     for (; c < K16; c += kPanel) {
       const Vec x = vload(k + c);
       vstore(kd + c, vmul(x, g));
-      vstore(row, x);
-      for (int i = 0; i < kPanel; ++i) kt[(c + i) * kPanel] = row[i];
+      vstore(kr + c, x);
     }
     for (; c < K; ++c) {
-      const float x = to_float(k[c]);
-      kd[c] = x * kdec[j];
-      kt[c * kPanel] = x;
+      kr[c] = to_float(k[c]);
+      kd[c] = kr[c] * kdec[j];
     }
   }
-  for (int j = L; j % kPanel != 0; ++j) {
-    float* kt = s.kt + static_cast<int64_t>(j / kPanel) * K * kPanel + j % kPanel;
-    for (int c = 0; c < K; ++c) kt[c * kPanel] = 0.f;
+  // kt[(j / 16) * K * 16 + c * 16 + j % 16] = K[j][c]: a panel is [K][16], 8-row blocks land in
+  // one half of its columns.
+  auto kt_at = [&s, K](int j, int c) {
+    return s.kt + static_cast<int64_t>(j / kPanel) * K * kPanel + c * kPanel + j % kPanel;
+  };
+  for (int j = 0; j < L8; j += 8) {
+    for (int c = 0; c < K8; c += 8) transpose8(s.kr + static_cast<int64_t>(j) * K + c, K, kt_at(j, c), kPanel);
+    for (int c = K8; c < K; ++c)
+      for (int i = 0; i < 8; ++i) *kt_at(j + i, c) = s.kr[static_cast<int64_t>(j + i) * K + c];
   }
+  for (int j = L8; j < L; ++j)
+    for (int c = 0; c < K; ++c) *kt_at(j, c) = s.kr[static_cast<int64_t>(j) * K + c];
+  for (int j = L; j % kPanel != 0; ++j)
+    for (int c = 0; c < K; ++c) *kt_at(j, c) = 0.f;
 }
 
 // V rows -> the panels vb (columns past V stay zero from the arena's initialisation).

@@ -43,3 +43,9 @@ static inline Vec vload(const uint16_t* p) {
 static inline void vstore(uint16_t* p, Vec x) {
   for (int i = 0; i < 16; ++i) from_float(p + i, x.x[i]);
 }
+
+// dst[c * ldd + r] = src[r * lds + c] for an 8 x 8 block (the K^T panels of Q K^T).
+static inline void transpose8(const float* src, int64_t lds, float* dst, int64_t ldd) {
+  for (int r = 0; r < 8; ++r)
+    for (int c = 0; c < 8; ++c) dst[c * ldd + r] = src[r * lds + c];
+}
