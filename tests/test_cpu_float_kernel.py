@@ -71,8 +71,8 @@ def _check(o, ref, bound):
 
 
 # (B, T, H, K, V, initial state, g_gamma or None = RetNet's): T of one token, one chunk +- 1 and
-# several chunks; K != V, K and V not multiples of 8 or 16; log(0.5) heads (the decay the fused
-# int8 epilogue must guard) beside slow ones.
+# several chunks; K != V, K and V not multiples of 8 or 16, 1, wide; log(0.5) heads (the decay
+# the fused int8 epilogue must guard) beside slow ones.
 SHAPES = [
     (1, 1, 1, 40, 72, False, None),
     (2, 63, 2, 40, 72, True, None),
@@ -80,6 +80,8 @@ SHAPES = [
     (2, 200, 2, 128, 128, True, None),
     (1, 200, 2, 64, 96, False, [math.log(0.5), -0.03]),
     (3, 130, 2, 7, 3, True, [math.log(0.5), math.log(0.5)]),
+    (1, 70, 1, 1, 1, True, None),  # K = V = 1: every vector loop is a tail
+    (1, 130, 1, 256, 17, True, None),
 ]
 
 
