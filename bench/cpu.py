@@ -8,9 +8,10 @@ plain-PyTorch fp32 and bf16 chunkwise retention (all chunks batched for the intr
 and the state updates, one short loop for the state recurrence, then one batched Q S), called
 on the whole batch and one (batch, head) at a time (cache-sized intermediates); a
 PyTorch int8 path on ``torch._int_mm``; the machine's int8 (``_int_mm``), fp32 and bf16 matmul
-rates on the kernel's four GEMM shapes; the kernel's own GEMM-stage rate; and the decode step
-against an fp32 decode step. Times are medians of ``--repeats`` runs; accuracy is relative L2
-and cosine against a float64 reference (``retquant.metrics.compare``).
+rates on the kernel's four GEMM shapes; the kernel's own GEMM-stage rate; the decode step
+against an fp32 decode step; and the float path's fused fp32 kernel against the fp32 PyTorch
+chunkwise retention (:mod:`bench.float_cpu`). Times are medians of ``--repeats`` runs; accuracy
+is relative L2 and cosine against a float64 reference (``retquant.metrics.compare``).
 """
 
 from __future__ import annotations
@@ -278,6 +279,11 @@ def main(argv=None):
     )
 
     _decode(B, H, K, V, gg, scale, gen, R)
+    print()
+
+    from bench import float_cpu  # here, not at the top: float_cpu imports its peers from this module
+
+    float_cpu.report(q, k, v, gg, scale, ref, R)
 
 
 def _decode(B, H, K, V, gg, scale, gen, R):

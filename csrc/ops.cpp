@@ -5,6 +5,7 @@
 #include <tuple>
 
 #include "chunk_retention.h"
+#include "float_chunk.h"
 #include "gemm.h"
 #include "output_alloc.h"
 #include "quantize_rows.h"
@@ -155,6 +156,55 @@ int64_t recurrent_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor
   return recurrent_retention_cpu(p);
 }
 
+// The float chunk kernel (float_chunk.h): q, k, v, out float32 or all bfloat16; decay tables of
+// retquant.decay (C = mask.size(1), a multiple of 16); isa: kFloatIsa* (must be available).
+void float_chunk_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                     const at::Tensor& offsets, double scale, const at::Tensor& mask,
+                     const at::Tensor& inter, const at::Tensor& kdec,
+                     const at::Tensor& chunk_decay, const c10::optional<at::Tensor>& init,
+                     int64_t isa, at::Tensor out, at::Tensor final_state) {
+  const at::ScalarType dt = q.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kBFloat16, "q must be float32 or bfloat16, got ", dt);
+  check_tokens(q, "q", dt); check_tokens(k, "k", dt); check_tokens(v, "v", dt);
+  const int64_t T = q.size(0), H = q.size(1), K = q.size(2), V = v.size(2);
+  TORCH_CHECK(k.sizes() == q.sizes(), "k must have q's shape [T, H, K]");
+  TORCH_CHECK(v.size(0) == T && v.size(1) == H, "v must be [T, H, V] with q's T and H");
+  TORCH_CHECK(H >= 1 && K >= 1 && V >= 1, "q and v need H, K, V >= 1");
+  check_offsets(offsets, T);
+  const int64_t N = offsets.numel() - 1;
+  check_f32(mask, "mask", 3);
+  const int64_t C = mask.size(1);
+  TORCH_CHECK(mask.size(0) == H && mask.size(2) == C && C >= 16 && C <= 1024 && C % 16 == 0,
+              "mask must be [H, C, C] with C a multiple of 16");
+  check_f32(inter, "inter", 2); check_f32(kdec, "kdec", 3); check_f32(chunk_decay, "chunk_decay", 2);
+  TORCH_CHECK(inter.size(0) == H && inter.size(1) == C, "inter must be [H, C]");
+  TORCH_CHECK(kdec.size(0) == H && kdec.size(1) == C + 1 && kdec.size(2) == C, "kdec must be [H, C+1, C]");
+  TORCH_CHECK(chunk_decay.size(0) == H && chunk_decay.size(1) == C + 1, "chunk_decay must be [H, C+1]");
+  check_tokens(out, "out", dt);
+  TORCH_CHECK(out.size(0) == T && out.size(1) == H && out.size(2) == V, "out must be [T, H, V]");
+  check_f32(final_state, "final_state", 4);
+  TORCH_CHECK(final_state.size(0) == N && final_state.size(1) == H && final_state.size(2) == K &&
+                  final_state.size(3) == V, "final_state must be [N, H, K, V]");
+  FloatChunkParams p{};
+  p.init = nullptr;
+  if (init.has_value()) {
+    check_f32(*init, "initial_state", 4);
+    TORCH_CHECK(init->sizes() == final_state.sizes(), "initial_state must be [N, H, K, V]");
+    p.init = init->data_ptr<float>();
+  }
+  p.q = q.data_ptr(); p.k = k.data_ptr(); p.v = v.data_ptr(); p.bf16 = dt == at::kBFloat16;
+  p.offsets = offsets.data_ptr<int64_t>(); p.N = N;
+  p.H = static_cast<int>(H); p.K = static_cast<int>(K); p.V = static_cast<int>(V);
+  p.C = static_cast<int>(C); p.scale = static_cast<float>(scale);
+  p.mask = mask.data_ptr<float>(); p.inter = inter.data_ptr<float>();
+  p.kdec = kdec.data_ptr<float>(); p.chunk_decay = chunk_decay.data_ptr<float>();
+  p.out = out.data_ptr(); p.final_state = final_state.data_ptr<float>();
+  p.isa = static_cast<int>(isa);
+  float_chunk_cpu(p);
+}
+
+int64_t float_chunk_isa() { return float_chunk_best_isa(); }
+
 bool has_vnni() { return cpu_has_avx512_vnni(); }
 
 at::Tensor empty_cached(at::IntArrayRef size, at::ScalarType dtype) { return empty_output(size, dtype); }
@@ -174,6 +224,11 @@ TORCH_LIBRARY(retquant, m) {
   m.def(
       "recurrent_fwd(Tensor q, Tensor k, Tensor v, Tensor offsets, float scale, Tensor gamma, "
       "Tensor? initial_state, Tensor(a!) out, Tensor(b!) final_state, bool use_avx512) -> int");
+  m.def(
+      "float_chunk_fwd(Tensor q, Tensor k, Tensor v, Tensor offsets, float scale, Tensor mask, "
+      "Tensor inter, Tensor kdec, Tensor chunk_decay, Tensor? initial_state, int isa, "
+      "Tensor(a!) out, Tensor(b!) final_state) -> ()");
+  m.def("float_chunk_isa() -> int");
   m.def("has_vnni() -> bool");
   m.def("empty_cached(int[] size, ScalarType dtype) -> Tensor");
   m.def("release_cached_outputs() -> ()", &release_cached_outputs);
@@ -190,10 +245,12 @@ TORCH_LIBRARY_IMPL(retquant, CPU, m) {
   m.impl("recurrent_fwd", &recurrent_fwd);
   m.impl("quantize_tokens", &quantize_tokens);
   m.impl("quantize_v_chunks", &quantize_v_chunks);
+  m.impl("float_chunk_fwd", &float_chunk_fwd);
 }
 
 TORCH_LIBRARY_IMPL(retquant, CompositeExplicitAutograd, m) {
   m.impl("has_vnni", &has_vnni);
+  m.impl("float_chunk_isa", &float_chunk_isa);
   m.impl("empty_cached", &empty_cached);
 }
 

@@ -1,6 +1,8 @@
-"""The ``cpu`` backend: the C++/OpenMP int8 kernels (AVX-512 VNNI or portable) for CPU tensors.
+"""The ``cpu`` backend: the C++/OpenMP kernels for CPU tensors.
 
-Runs ``chunk`` and ``fused_recurrent`` with the default int8 configuration; for anything else,
+Runs ``chunk`` and ``fused_recurrent`` with the default int8 configuration (the int8 kernels),
+and every form of the float path (``quant=None``: the fused float chunk kernel of
+:mod:`retquant.backends.cpu_float`, the same function computed chunkwise); for anything else,
 or when the extension cannot be built, :func:`unsupported` returns the reason (``auto`` then
 warns once and runs the reference; ``backend="cpu"`` raises). Importing this module never fails
 and never compiles: the build happens on the first call that could use the kernels.
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from retquant.backends import cpu_extension, cpu_ops
+from retquant.backends import cpu_extension, cpu_float, cpu_ops
 from retquant.backends.registry import Backend, int8_kernel_reason, register_backend
 from retquant.validate import RetentionCall
 
@@ -26,6 +28,8 @@ SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 def unsupported(op: str, call: RetentionCall) -> str | None:
     """``None`` if the C++ kernels can run ``op`` on ``call``, else why not."""
+    if call.quant is None:  # every form of the float path is the fused float chunk kernel
+        return cpu_float.supported(call)
     reason = int8_kernel_reason("cpu", SUPPORTED_OPS, op, call, SUPPORTED_DTYPES)
     if reason is not None:
         return reason
@@ -78,19 +82,31 @@ def _finish(call: RetentionCall, out: torch.Tensor, final: torch.Tensor):
     return o, (final if call.output_final_state else None)
 
 
+def float_forms(call: RetentionCall):
+    """The float path (``quant=None``) of any form: the fused float chunk kernel."""
+    q, k, v = (x.detach().contiguous().view(-1, *x.shape[2:]) for x in (call.q, call.k, call.v))
+    o, final = cpu_float.chunk_float(q, k, v, _offsets(call), call.scale, call.g_gamma, _init(call))
+    return _finish(call, o, final)
+
+
 def chunk(call: RetentionCall):
+    if call.quant is None:
+        return float_forms(call)
     return _finish(call, *chunk_raw(call))
 
 
 def fused_recurrent(call: RetentionCall):
+    if call.quant is None:
+        return float_forms(call)
     return _finish(call, *recurrent_raw(call))
 
 
 register_backend(
     Backend(
         name="cpu",
-        impls={"chunk": chunk, "fused_recurrent": fused_recurrent},
+        impls={"chunk": chunk, "fused_recurrent": fused_recurrent, "parallel": float_forms},
         unsupported=unsupported,
         checks_finite=True,
+        float_path=True,
     )
 )

@@ -36,6 +36,10 @@ SOURCES = (
     "output_alloc.cpp",
     "quantize_rows.cpp",
     "gemm_bench.cpp",
+    "float_chunk.cpp",
+    "float_chunk_portable.cpp",
+    "float_chunk_avx2.cpp",
+    "float_chunk_avx512.cpp",
 )
 CFLAGS = ["-O3", "-g", "-std=c++17", "-fopenmp", "-ffp-contract=off", "-fno-fast-math"]
 
