@@ -1,14 +1,19 @@
-"""Training-path benchmark: the float chunkwise forward and hand-written backward
-(:mod:`retquant.backends.torch_chunk`) against the plain PyTorch chunk loop with autograd.
+"""Training-path benchmark: the float path (the public op: the fused CPU float kernel or the
+batched PyTorch forward, and the hand-written backward of :mod:`retquant.backends.torch_chunk`)
+against the plain PyTorch chunk loop with autograd, and the quantized op (int8 kernel forward,
+straight-through backward) against int8 fake-quantization written with torch ops
+(:mod:`bench.fake_quant`).
 
     python -m bench.train [--quick] [--threads N] [--repeats N] [--json PATH]
 
-Rows are ``Row(name, kind, fn)`` entries in :func:`rows_for` (kind "fwd" or "fwd+bwd"); add one
-there and it is timed, checked and printed like the rest. Each row's speed-up is against the
-fastest *peer* row (plain PyTorch with autograd, from bench.cpu) of the same kind. Rows run
+Rows are ``Row(name, kind, fn)`` entries in :func:`rows_for` (kind "fwd", "fwd+bwd" or "int8
+fwd+bwd"); add one there and it is timed, checked and printed like the rest. Each row's speed-up
+is against the fastest *peer* row of the same kind (the plain PyTorch loops from bench.cpu; for
+"int8 fwd+bwd" the fake-quant emulation). Rows run
 round-robin, ``--repeats`` rounds, so machine noise hits every row alike; times are medians.
 Accuracy: relative L2 of o (fwd) or of the worst of dq, dk, dv (fwd+bwd) against float64.
-The plain loop's saved activations are measured with ``torch.autograd.graph.saved_tensors_hooks``.
+Saved activations (the plain loop's, the ops', the fake-quant peer's) are measured with
+``torch.autograd.graph.saved_tensors_hooks``.
 """
 
 from __future__ import annotations
@@ -24,9 +29,11 @@ from dataclasses import dataclass
 import torch
 
 from bench.cpu import torch_chunk_retention, torch_chunk_retention_blocked
+from bench.fake_quant import fake_quant_chunk_retention
 from retquant.backends import torch_chunk
 from retquant.decay import default_g_gamma
 from retquant.metrics import compare
+from retquant.ops import chunk_retention
 from retquant.spec.naive import naive_chunk_retention
 
 SHAPES = [(4, 4096, 8, 128, 128), (2, 1024, 4, 64, 64)]
@@ -93,6 +100,26 @@ def ours_fwd_bwd(x: Inputs):
     return torch_chunk.chunk_bwd(x.q, x.k, x.v, x.g, x.scale, x.do)[:3]
 
 
+def op_fwd_bwd(fn, x: Inputs):
+    """A retquant op (or the fake-quant peer) as a user trains with it: leaves that require
+    grad, ``.backward()``."""
+    q, k, v = (t.detach().requires_grad_() for t in (x.q, x.k, x.v))
+    fn(q, k, v).backward(x.do)
+    return q.grad, k.grad, v.grad
+
+
+def _float_op(x: Inputs):
+    return lambda q, k, v: chunk_retention(q, k, v, x.scale, g_gamma=x.g)[0]
+
+
+def _int8_op(x: Inputs):
+    return lambda q, k, v: chunk_retention(q, k, v, x.scale, g_gamma=x.g, quant="int8")[0]
+
+
+def _fake_quant(x: Inputs):
+    return lambda q, k, v: fake_quant_chunk_retention(q, k, v, x.g, x.scale)
+
+
 def rows_for(x: Inputs, tag: str) -> list[Row]:
     """The rows timed on inputs ``x`` (``tag`` names their dtype)."""
 
@@ -132,6 +159,15 @@ def rows_for(x: Inputs, tag: str) -> list[Row]:
             True,
         ),
         Row(f"{tag} torch_chunk fwd + hand-written bwd", "fwd+bwd", lambda: ours_fwd_bwd(x)),
+        Row(f"{tag} chunk_retention float path", "fwd", no_grad(lambda: _float_op(x)(x.q, x.k, x.v))),
+        Row(f"{tag} chunk_retention float path + autograd", "fwd+bwd", lambda: op_fwd_bwd(_float_op(x), x)),
+        Row(
+            f"{tag} int8 fake-quant emulation + autograd",
+            "int8 fwd+bwd",
+            lambda: op_fwd_bwd(_fake_quant(x), x),
+            True,
+        ),
+        Row(f"{tag} chunk_retention quant=int8 (STE)", "int8 fwd+bwd", lambda: op_fwd_bwd(_int8_op(x), x)),
     ]
 
 
@@ -215,11 +251,11 @@ def run_shape(shape, dtype, tag, repeats, check) -> list[dict]:
 def print_table(shape, results):
     B, T, H, K, V = shape
     print(f"\nshape B={B} T={T} H={H} K={K} V={V}")
-    print(f"{'row':52s} {'kind':8s} {'ms':>9s} {'min ms':>9s} {'vs best peer':>13s} {'rel_l2':>10s}")
+    print(f"{'row':52s} {'kind':12s} {'ms':>9s} {'min ms':>9s} {'vs best peer':>13s} {'rel_l2':>10s}")
     for r in results:
         rel = "-" if r["rel_l2"] is None else f"{r['rel_l2']:.2e}"
         print(
-            f"{r['name']:52s} {r['kind']:8s} {r['ms']:9.1f} {r['min_ms']:9.1f} "
+            f"{r['name']:52s} {r['kind']:12s} {r['ms']:9.1f} {r['min_ms']:9.1f} "
             f"{r['speedup_vs_best_peer']:12.2f}x {rel:>10s}"
         )
 
@@ -233,11 +269,16 @@ def plain_saved_bytes(shape) -> dict[str, int]:
         q, k, v = (t.detach().requires_grad_() for t in (x.q, x.k, x.v))
         return lambda: peer(q, k, v, x.g, x.scale)
 
-    qkv = sum(t.numel() * t.element_size() for t in (x.q, x.k, x.v))
+    def op(fn):
+        q, k, v = (t.detach().requires_grad_() for t in (x.q, x.k, x.v))
+        return lambda: fn(q, k, v)
+
     return {
         "plain whole batch": saved_bytes(graph(torch_chunk_retention)),
         "plain per (b, h) graph": saved_bytes(graph(torch_chunk_retention_blocked)),
-        "q, k, v only (torch_chunk Function)": qkv,
+        "chunk_retention float path": saved_bytes(op(_float_op(x))),
+        "chunk_retention int8": saved_bytes(op(_int8_op(x))),
+        "int8 fake-quant emulation": saved_bytes(op(_fake_quant(x))),
     }
 
 

@@ -32,7 +32,7 @@ import torch
 from retquant.backends import cpu_extension, cpu_quant
 from retquant.constants import CHUNK_SIZE
 from retquant.quant.config import RetentionQuantConfig
-from retquant.quant.primitives import centered, compute_qparams, quantize
+from retquant.quant.primitives import compute_qparams, quantize
 from retquant.quant.ranges import storage_dtype
 from retquant.quant.spec import Granularity, QuantSpec
 from retquant.validate import RetentionCall
@@ -291,21 +291,57 @@ def from_traces(op: str, call: RetentionCall, traces: list) -> list[torch.Tensor
     return _pack(op, call.quant, B, T, H, K, V, num_seqs, parts, k_mean)
 
 
+def _spans(op: str, B: int, T: int, cu_seqlens) -> list[tuple[int, int, int]]:
+    """``(first token, length, first slot)`` of each sequence (dense: one span for every row)."""
+    c = slot_chunk(op, T)
+    if cu_seqlens is None:
+        return [(0, T, 0)]
+    bounds = cu_seqlens.tolist()
+    spans, base = [], 0
+    for a, e in zip(bounds[:-1], bounds[1:]):
+        spans.append((a, e - a, base))
+        base += -(-(e - a) // c)
+    return spans
+
+
+def _apply_per_slot(x: torch.Tensor, p: torch.Tensor, c: int, spans, fn) -> None:
+    """``fn(x_view, p_view)`` in place on ``x [B, T, H, D]`` with the slot-layout parameter ``p
+    [B, H, n, R, P]`` broadcast to it: per sequence, its whole chunks as one ``[B, n, c, H, D]``
+    view and its short last chunk as another (no per-token index tensors, no full-size copies)."""
+    B, T, H, D = x.shape
+    pv = p.permute(0, 2, 3, 1, 4)  # [B, n, R, H, P]
+    for a, L, b0 in spans:
+        n_full, tail = divmod(L, c)
+        if n_full:
+            fn(x[:, a : a + n_full * c].view(B, n_full, c, H, D), pv[:, b0 : b0 + n_full])
+        if tail:
+            rows = tail if pv.shape[2] > 1 else 1
+            fn(
+                x[:, a + n_full * c : a + L].view(B, 1, tail, H, D),
+                pv[:, b0 + n_full : b0 + n_full + 1, :rows],
+            )
+
+
 def dequantize_operands(op: str, config: RetentionQuantConfig, saved: list[torch.Tensor], cu_seqlens):
     """``(q_hat, k_hat, v_hat, masks)``: float32 ``[B, T, H, D]`` dequantized operands (q_hat is
     of ``q * scale``; k_hat has the chunk mean added back with smooth_k) and the clip masks
-    (``None`` where the range is dynamic)."""
+    (``None`` where the range is dynamic). The arithmetic of the spec's dequantization,
+    ``float(code - zero) * scale`` (the subtraction is exact in float32 for these codes)."""
     if len(saved) != NUM_SAVED:
         raise ValueError(f"expected {NUM_SAVED} saved tensors, got {len(saved)}")
     B, T, H, _ = saved[0].shape
-    slot, row = slot_index(op, B, T, cu_seqlens, saved[0].device)
+    c = slot_chunk(op, T)
+    spans = _spans(op, B, T, cu_seqlens)
     hats, masks = [], []
     for i, name in enumerate(OPERANDS):
         codes, scale, zero, mask = saved[4 * i : 4 * i + 4]
         spec = _spec(op, config, name)
-        z = _gather(zero, slot, row) if not spec.symmetric else torch.zeros((), dtype=torch.int32)
-        hats.append(centered(codes, z).float() * _gather(scale, slot, row))
+        x = codes.to(torch.float32)
+        if not spec.symmetric:
+            _apply_per_slot(x, zero, c, spans, lambda xv, zv: xv.sub_(zv))
+        _apply_per_slot(x, scale, c, spans, lambda xv, sv: xv.mul_(sv))
+        hats.append(x)
         masks.append(None if spec.dynamic else mask)
     if _smooth(op, config):
-        hats[1] = hats[1] + _gather(saved[-1], slot, row)
+        _apply_per_slot(hats[1], saved[-1], c, spans, lambda xv, mv: xv.add_(mv))
     return hats[0], hats[1], hats[2], masks
