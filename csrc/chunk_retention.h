@@ -31,7 +31,7 @@ struct ChunkParams {
   void* out;                 // [T_total, H, V]
   float* final_state;        // [N, H, K, V]
   bool bf16 = false;         // element type of q, k, v, out
-  bool use_vnni;
+  int isa = 0;               // kIsa* of cpu_isa.h (checked against CPUID by the caller)
   int heads_per_task = 1;    // heads one task walks together (set by chunk_retention_cpu)
   // Optional integer accumulators (tests): [N, H, dbg_chunks, C, C|V] and [.., K, V].
   int32_t* dbg_qk = nullptr;
@@ -55,7 +55,7 @@ struct RecurrentParams {
   const float* init;         // [N, H, K, V] or nullptr
   float* out;                // [T_total, H, V]
   float* final_state;        // [N, H, K, V]; may be init itself (the update is in place)
-  bool use_avx512;           // AVX-512 build of the loop (only taken if CPUID has it)
+  int isa = 0;               // kIsa* of cpu_isa.h (checked against CPUID by the caller)
 };
 
 int recurrent_retention_cpu(const RecurrentParams& p);  // status (see above)

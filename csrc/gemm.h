@@ -5,7 +5,8 @@
 // A is row-major uint8 holding biased codes (code + 128), B is packed as [R/4][ldb][4] int8 so
 // that four consecutive reduction entries of one column are adjacent (the vpdpbusd layout), and
 // colsum[n] = sum_r B(r, n). The VNNI path computes sum (code+128)*b with vpdpbusd and subtracts
-// 128 * colsum; the portable path multiplies the centered codes directly. Both are exact.
+// 128 * colsum; the AVX2 path (sign trick) and the portable path multiply the centered codes
+// directly and do not read colsum. All are exact, so all give the same int32 results.
 // Rows are processed in blocks of 4 (A and C must have rows up to a multiple of 4), columns in
 // blocks of 16 (ldb, ldc multiples of 16), the reduction in steps of 4 (zero padded in B).
 // colsum must cover the full reduction g.r; with causal_red, colsum_prefix[i][n] =
@@ -41,10 +42,31 @@ inline const uint8_t* a_at(const GemmArgs& g, int m, int r4) {
   return g.a_packed ? g.a + (r4 >> 2) * g.lda * 4 + m * 4 : g.a + m * g.lda + r4;
 }
 
-void gemm_portable(const GemmArgs& g);
-void gemm_vnni(const GemmArgs& g);
-bool cpu_has_avx512_vnni();
-
 inline int round_up(int x, int m) { return (x + m - 1) / m * m; }
+
+// The causal shortcuts for the row block [m0, m0 + 4), shared by every ISA's GEMM so that they
+// compute (and leave unwritten) exactly the same entries: with causal_cols only the column
+// blocks of 16 up to the block's last row are computed (n16: all columns, rounded up to 16);
+// with causal_red the reduction stops after index m0 + 3.
+inline int causal_col_end(const GemmArgs& g, int m0, int n16) {
+  const int end = round_up(m0 + 4, 16);
+  return g.causal_cols && end < n16 ? end : n16;
+}
+inline int causal_red_end(const GemmArgs& g, int m0) {
+  return g.causal_red && m0 + 4 < g.r ? m0 + 4 : g.r;
+}
+
+void gemm_portable(const GemmArgs& g);
+void gemm_avx2(const GemmArgs& g);
+void gemm_vnni(const GemmArgs& g);
+
+// Peak probes (gemm_bench.cpp): `iters` rounds of each SIMD GEMM's inner instruction sequence
+// on registers only; return the int8 operations done (2 per multiply-add).
+int64_t int8_peak_avx2(int64_t iters);
+int64_t int8_peak_vnni(int64_t iters);
+
+// The GEMM of an ISA code of cpu_isa.h (the caller has checked that the CPU supports it).
+using GemmFn = void (*)(const GemmArgs&);
+GemmFn gemm_for_isa(int64_t isa);
 
 }  // namespace retquant

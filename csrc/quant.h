@@ -30,6 +30,13 @@ inline int quant_code(float x, float s) {
   return static_cast<int>(round_half_even(t));
 }
 
+constexpr float kMinNormal = 1.17549435e-38f;  // FLT_MIN
+
+// Whether a group with scale s may skip the clamp (the SIMD paths' in-range codes): when
+// |x| <= amax of x's group and s = fl(amax / 127) is a normal float, |x / s| <= 127 (1 + 2^-23),
+// which rounds to at most 127 anyway.
+inline bool scale_normal(float s) { return s >= kMinNormal; }
+
 // Biased (code + 128) byte: the unsigned operand of vpdpbusd.
 inline uint8_t quant_u8(float x, float s) {
   return static_cast<uint8_t>(quant_code(x, s) + 128);

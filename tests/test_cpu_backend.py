@@ -21,13 +21,17 @@ from retquant.validate import validate_call
 _ERR = cpu_extension.load_error()
 pytestmark = pytest.mark.skipif(_ERR is not None, reason=f"CPU extension unavailable: {_ERR}")
 
-ISAS = ["portable", "vnni"]
+ISAS = list(cpu_extension.ISA_CODES)  # portable, avx2, avx512: every one this CPU can run
+ISA_RAN: set[str] = set()  # reported by conftest.py's summary line
+ISA_SKIPPED: set[str] = set()
 
 
 @pytest.fixture(params=ISAS)
 def isa(request, monkeypatch):
-    if request.param == "vnni" and not torch.ops.retquant.has_vnni():
-        pytest.skip("this CPU has no AVX-512 VNNI")
+    if request.param not in cpu_extension.cpu_isas():
+        ISA_SKIPPED.add(request.param)
+        pytest.skip(f"this CPU cannot run the {request.param} kernels")
+    ISA_RAN.add(request.param)
     monkeypatch.setenv(cpu_extension.ISA_ENV, request.param)
     return request.param
 
@@ -140,13 +144,13 @@ def test_outputs_fully_written(isa):
     out = torch.full((198, 2, 72), float("nan"))
     fin = torch.full((2, 2, 100, 72), float("nan"))
     tokens = (cpu._tokens(q), cpu._tokens(k), cpu._tokens(v))
-    args = cpu_ops.chunk_args(*tokens, off, call.scale, call.g_gamma, None, isa == "vnni")
+    args = cpu_ops.chunk_args(*tokens, off, call.scale, call.g_gamma, None, cpu_extension.isa_code(isa))
     torch.ops.retquant.chunk_fwd(*args, out, fin)
     assert torch.isfinite(out).all() and torch.isfinite(fin).all()
     out_bf = torch.full((198, 2, 72), float("nan"), dtype=torch.bfloat16)
     fin.fill_(float("nan"))
     bf_tokens = tuple(x.to(torch.bfloat16) for x in tokens)
-    args = cpu_ops.chunk_args(*bf_tokens, off, call.scale, call.g_gamma, None, isa == "vnni")
+    args = cpu_ops.chunk_args(*bf_tokens, off, call.scale, call.g_gamma, None, cpu_extension.isa_code(isa))
     torch.ops.retquant.chunk_fwd(*args, out_bf, fin)
     assert torch.isfinite(out_bf).all() and torch.isfinite(fin).all()
     gamma = torch.exp(call.g_gamma).float()
@@ -162,7 +166,7 @@ def test_outputs_fully_written(isa):
         None,
         out,
         fin,
-        isa == "vnni",
+        cpu_extension.isa_code(isa),
     )
     assert torch.isfinite(out).all() and torch.isfinite(fin).all()
 
@@ -185,7 +189,7 @@ def test_bad_inputs_raise_before_the_kernel():
             None,
             torch.empty(10, 2, 32),
             torch.empty(1, 2, 32, 32),
-            False,
+            0,
         )
 
 
@@ -241,11 +245,40 @@ def test_unsupported_calls_have_reasons():
 
 
 def test_isa_env_var(monkeypatch):
+    have = cpu_extension.cpu_isas()
+    assert have[0] == "portable"
+    monkeypatch.setenv(cpu_extension.ISA_ENV, "auto")
+    assert cpu_extension.isa() == have[-1]  # the best this CPU has
     monkeypatch.setenv(cpu_extension.ISA_ENV, "portable")
-    assert cpu_extension.use_vnni() is False
+    assert cpu_extension.isa() == "portable" and cpu_extension.isa_code() == 0
+    monkeypatch.setenv(cpu_extension.ISA_ENV, "vnni")  # the old name of avx512
+    if "avx512" in have:
+        assert cpu_extension.isa() == "avx512"
+    else:
+        with pytest.raises(RuntimeError, match="RETQUANT_CPU_ISA=vnni"):
+            cpu_extension.isa()
     monkeypatch.setenv(cpu_extension.ISA_ENV, "avx9000")
     with pytest.raises(ValueError, match="RETQUANT_CPU_ISA"):
-        cpu_extension.use_vnni()
+        cpu_extension.isa()
+
+
+@pytest.mark.parametrize("name", ["avx2", "avx512"])
+def test_forcing_a_missing_isa_raises(name, monkeypatch):
+    if name in cpu_extension.cpu_isas():
+        pytest.skip(f"this CPU can run the {name} kernels")
+    monkeypatch.setenv(cpu_extension.ISA_ENV, name)
+    q, k, v, _ = _inputs(1, 10, 2, 32, 32)
+    with pytest.raises(RuntimeError, match=f"{cpu_extension.ISA_ENV}={name}"):
+        chunk_retention(q, k, v, quant="int8", backend="cpu")
+    # the raw ops check the code against CPUID too
+    call = validate_call(q, k, v, quant="int8")
+    tokens = (cpu._tokens(q), cpu._tokens(k), cpu._tokens(v))
+    args = cpu_ops.chunk_args(*tokens, torch.tensor([0, 10]), call.scale, call.g_gamma, None, 9)
+    with pytest.raises(RuntimeError, match="isa must be"):
+        torch.ops.retquant.chunk_fwd(*args, torch.empty(10, 2, 32), torch.empty(1, 2, 32, 32))
+    code = cpu_extension.ISA_CODES[name]
+    with pytest.raises(RuntimeError, match=f"cannot run the {name} kernels"):
+        torch.ops.retquant.gemm_seconds(4, 16, 4, 1, code)
 
 
 _NO_COMPILER = """
