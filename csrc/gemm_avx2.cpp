@@ -74,17 +74,27 @@ RQ_AVX2 void gemm_avx2(const GemmArgs& g) {
   }
 }
 
-// The peak probe (gemm_bench.cpp): the tile's instruction sequence on registers only, 8
-// independent accumulator chains (more than the latency x throughput of vpmaddubsw needs).
+// The peak probe (gemm_bench.cpp): the tile's instruction sequence on registers only, as the
+// tile uses it (4 A vectors x 2 B vectors, |b| shared by the 4), 8 independent accumulator chains.
+// Every operand is distinct, so the compiler cannot share a vpsignb or vpmaddubsw between chains.
 RQ_AVX2 int64_t int8_peak_avx2(int64_t iters) {
   const __m256i ones = _mm256_set1_epi16(1);
-  __m256i a = _mm256_set1_epi8(3), b = _mm256_set1_epi8(-5);
-  __m256i babs = _mm256_abs_epi8(b);
+  __m256i a0 = _mm256_set1_epi8(3), a1 = _mm256_set1_epi8(-7), a2 = _mm256_set1_epi8(11);
+  __m256i a3 = _mm256_set1_epi8(-13), b0 = _mm256_set1_epi8(-5), b1 = _mm256_set1_epi8(9);
   __m256i c[8];
   for (int j = 0; j < 8; ++j) c[j] = _mm256_set1_epi32(j);
   for (int64_t i = 0; i < iters; ++i) {
-    for (int j = 0; j < 8; ++j) c[j] = dot4(c[j], a, b, babs, ones);
-    __asm__ volatile("" : "+x"(a), "+x"(b), "+x"(babs));  // not loop-invariant to the compiler
+    const __m256i b0a = _mm256_abs_epi8(b0), b1a = _mm256_abs_epi8(b1);
+    c[0] = dot4(c[0], a0, b0, b0a, ones);
+    c[1] = dot4(c[1], a0, b1, b1a, ones);
+    c[2] = dot4(c[2], a1, b0, b0a, ones);
+    c[3] = dot4(c[3], a1, b1, b1a, ones);
+    c[4] = dot4(c[4], a2, b0, b0a, ones);
+    c[5] = dot4(c[5], a2, b1, b1a, ones);
+    c[6] = dot4(c[6], a3, b0, b0a, ones);
+    c[7] = dot4(c[7], a3, b1, b1a, ones);
+    // new operands each round, as the tile loads them (not loop-invariant to the compiler)
+    __asm__ volatile("" : "+x"(a0), "+x"(a1), "+x"(a2), "+x"(a3), "+x"(b0), "+x"(b1));
   }
   __m256i s = c[0];
   for (int j = 1; j < 8; ++j) s = _mm256_add_epi32(s, c[j]);
