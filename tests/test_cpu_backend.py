@@ -55,6 +55,7 @@ SHAPES = [
     (2, 5, 2, 128, 128, False, None),
     (1, 130, 2, 17, 1000, True, None),  # K, V not multiples of 4 / 16, wide V
     (1, 70, 1, 256, 8, False, None),
+    (2, 100, 2, 40, 72, True, [-0.05, -3.0]),  # K, V not multiples of 16 / 32 (AVX2 lanes: 8)
 ]
 
 
@@ -80,7 +81,7 @@ def test_chunk_matches_integer_spec(shape, isa):
     assert torch.equal(kv.long(), tr.acc_kv)
 
 
-@pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[5]], ids=lambda s: "x".join(map(str, s[:5])))
+@pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[5], SHAPES[7]], ids=lambda s: "x".join(map(str, s[:5])))
 def test_chunk_bf16_io_matches_integer_spec(shape, isa):
     # bfloat16 q, k, v are read as such (exactly their float32 values) and o is written in
     # bfloat16, rounded to nearest even like torch's .to(bfloat16) of the float32 output
@@ -127,8 +128,8 @@ def test_recurrent_matches_spec(varlen, isa):
         q, k, v, _ = _inputs(1, 40, 3, 100, 64, seed=2)
         cu = torch.tensor([0, 3, 20, 40])
         s = torch.randn(3, 3, 100, 64)
-    else:
-        q, k, v, s = _inputs(2, 17, 3, 100, 64, seed=2, init=True)
+    else:  # V = 72: a column block of 32 plus a partial one of 8 lanes (AVX2)
+        q, k, v, s = _inputs(2, 17, 3, 100, 72, seed=2, init=True)
         cu = None
     kw = dict(initial_state=s, output_final_state=True, cu_seqlens=cu, quant="int8")
     o_ref, f_ref = fused_recurrent_retention(q, k, v, backend="reference", **kw)
