@@ -38,13 +38,12 @@ static inline void store8(uint16_t* p, int n, __m256 x) {
 // Codes + 128 of x[0, n_valid) / s (one row of Q or P, scale s from the row's amax) into
 // dst[0, n_store); bytes in [n_valid, n_store) get 128 (code 0).
 static inline void biased_codes_row(const float* x, float s, int n_valid, int n_store, uint8_t* dst) {
-  const __m256 vs = _mm256_set1_ps(s);
-  const bool in_range = scale_normal(s);
+  const Divisor8 d = divisor8(_mm256_set1_ps(s));
   const __m128i flip = _mm_set1_epi8(static_cast<char>(0x80));  // code ^ 0x80 = code + 128
   for (int c = 0; c < n_store; c += 8) {
     __m256i code = _mm256_setzero_si256();
     if (c < n_valid)
-      code = _mm256_and_si256(lanes8(n_valid - c), group_codes8(_mm256_loadu_ps(x + c), vs, in_range));
+      code = _mm256_and_si256(lanes8(n_valid - c), codes8(_mm256_loadu_ps(x + c), d));
     store_bytes8(dst + c, n_store - c, _mm_xor_si128(bytes8(code), flip));
   }
 }
@@ -100,12 +99,11 @@ static inline int quant_token_rows(const T* qbase, const T* kbase, int64_t ldq, 
     }
     const float ska = scale_from_amax(hmax8(m));
     s.sk[a] = ska;
-    const __m256 vsk = _mm256_set1_ps(ska);
-    const bool k_in_range = scale_normal(ska);
+    const Divisor8 dk = divisor8(_mm256_set1_ps(ska));
     __m256i csum = _mm256_setzero_si256();
     int32_t* kp = reinterpret_cast<int32_t*>(s.kp) + a;  // word (g, a) at kp[g * C16]
     for (int c = 0; c < K4; c += 8) {  // codes past K are 0 (zero lanes): the zero padding
-      const __m256i code = group_codes8(load8(krow + c, K - c), vsk, k_in_range);
+      const __m256i code = codes8(load8(krow + c, K - c), dk);
       csum = _mm256_add_epi32(csum, code);
       const __m128i b = bytes8(code);
       kp[(c / 4) * C16] = _mm_cvtsi128_si32(b);
@@ -193,14 +191,14 @@ static inline void quant_cols_packed(const T* x, int64_t ldx, int rows, int rows
   for (int c = 0; c < ld; c += 8) {
     const __m256 sc = vscale8(load8(amax + c, n - c));  // columns past n: amax 0, scale 1
     _mm256_storeu_ps(scale + c, sc);
-    const bool in_range = all_normal8(sc);
+    const Divisor8 d = divisor8(sc);
     __m256i cs = _mm256_setzero_si256();
     for (int r0 = 0; r0 < rows4; r0 += 4) {
       __m256i w = _mm256_setzero_si256();
       for (int i = 0; i < 4; ++i) {
         __m256i code = _mm256_setzero_si256();
         if (r0 + i < rows) {
-          code = group_codes8(load8(x + (r0 + i) * ldx + c, n - c), sc, in_range);
+          code = codes8(load8(x + (r0 + i) * ldx + c, n - c), d);
           cs = _mm256_add_epi32(cs, code);
         }
         const __m256i byte = _mm256_and_si256(_mm256_add_epi32(code, bias), low);

@@ -19,10 +19,9 @@ static inline bool quant_token(const float* x, float mul, bool scaled, int n, fl
     m = _mm256_max_ps(m, abs8(xi));
   }
   const float s = scale_from_amax(hmax8(m));
-  const __m256 vs = _mm256_set1_ps(s);
-  const bool in_range = scale_normal(s);
+  const Divisor8 d = divisor8(_mm256_set1_ps(s));
   for (int i = 0; i < n; i += 8)
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(codes + i), group_codes8(_mm256_loadu_ps(tmp + i), vs, in_range));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(codes + i), codes8(_mm256_loadu_ps(tmp + i), d));
   *scale = s;
   return !any8(bad);
 }
@@ -65,22 +64,21 @@ static inline __m256 update_block(const float* src, float* S, int K, int V, int 
 template <int NV>
 static inline void dot_block(const float* S, int K, int V, int v0, const float* amax, float* sS,
                              const int32_t* qi, int32_t* acc) {
-  __m256 sc[NV];
+  Divisor8 d[NV];
   __m256i ac[NV];
   int left[NV];
-  bool normal = true;
   for (int j = 0; j < NV; ++j) {
     left[j] = V - v0 - 8 * j;
-    sc[j] = vscale8(_mm256_loadu_ps(amax + v0 + 8 * j));
-    _mm256_storeu_ps(sS + v0 + 8 * j, sc[j]);
+    const __m256 sc = vscale8(_mm256_loadu_ps(amax + v0 + 8 * j));
+    _mm256_storeu_ps(sS + v0 + 8 * j, sc);
+    d[j] = divisor8(sc);
     ac[j] = _mm256_setzero_si256();
-    normal = normal && all_normal8(sc[j]);
   }
   for (int k = 0; k < K; ++k) {
     const __m256i qk = _mm256_set1_epi32(qi[k]);
     const float* row = S + static_cast<int64_t>(k) * V + v0;
     for (int j = 0; j < NV; ++j) {
-      const __m256i c = group_codes8(load8(row + 8 * j, left[j]), sc[j], normal);
+      const __m256i c = codes8(load8(row + 8 * j, left[j]), d[j]);
       ac[j] = _mm256_add_epi32(ac[j], _mm256_mullo_epi32(c, qk));
     }
   }

@@ -137,6 +137,28 @@ def test_recurrent_matches_spec(varlen, isa):
     assert torch.equal(o, o_ref) and torch.equal(f, f_ref)
 
 
+def _ties(B, T, H, D, seed):
+    """Tokens whose codes are exact half-integer ties: every row and column holds 3 * 127 (so
+    its scale is 3 exactly, whose reciprocal is inexact) and otherwise values 3 (n + 0.5), so
+    x / s = n + 0.5 exactly, which rounds half to even, while x * fl(1/3) falls just below it."""
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randint(-127, 127, (B, T, H, D), generator=g).float() + 0.5) * 3.0
+    x[:, :, :, 0] = 3.0 * 127
+    x[:, 0] = 3.0 * 127
+    return x
+
+
+@pytest.mark.parametrize("op", [chunk_retention, fused_recurrent_retention], ids=["chunk", "recurrent"])
+def test_half_integer_ties_match_spec(op, isa):
+    # x / s exactly halfway between two codes: the SIMD paths' reciprocal shortcut must hand these
+    # to the true division (csrc/quant_avx2.h codes8), and every path rounds them half to even.
+    q, k, v = _ties(2, 70, 2, 40, 1), _ties(2, 70, 2, 40, 2), _ties(2, 70, 2, 72, 3)
+    kw = dict(scale=1.0, output_final_state=True, quant="int8")
+    o_ref, f_ref = op(q, k, v, backend="reference", **kw)
+    o, f = op(q, k, v, backend="cpu", **kw)
+    assert torch.equal(o, o_ref) and torch.equal(f, f_ref)
+
+
 def test_outputs_fully_written(isa):
     """NaN-poisoned output buffers: every element must be overwritten by the kernel."""
     q, k, v, _ = _inputs(2, 99, 2, 100, 72, seed=3)
