@@ -1,10 +1,11 @@
-// The per-(sequence, head) chunk loop, compiled twice: once for the baseline ISA (portable path)
-// and once with the AVX-512 target (the VNNI path), by chunk_portable.cpp / chunk_avx512.cpp.
-// Each defines RQ_BODY_NS (namespace of its copy), RQ_GEMM (its int8 GEMM) and RQ_STAGES (the
-// header holding its per-element stages: chunk_stages_portable.h or chunk_stages_avx512.h)
-// before including this file. Everything here and in the included headers is defined inside
-// RQ_BODY_NS and no std:: templates are instantiated, so the two copies (compiled for different
-// ISAs) share no inline code the linker could merge.
+// The per-(sequence, head) chunk loop, compiled once per ISA of cpu_isa.h: for the baseline ISA
+// (portable path), with the AVX2 target and with the AVX-512 target, by chunk_portable.cpp /
+// chunk_avx2.cpp / chunk_avx512.cpp. Each defines RQ_BODY_NS (namespace of its copy), RQ_GEMM
+// (its int8 GEMM) and RQ_STAGES (the header holding its per-element stages:
+// chunk_stages_portable.h, chunk_stages_avx2.h or chunk_stages_avx512.h) before including this
+// file. Everything here and in the included headers is defined inside RQ_BODY_NS and no std::
+// templates are instantiated, so the copies (compiled for different ISAs) share no inline code
+// the linker could merge.
 //
 // Follows retquant/spec/int_chunk.py (default int8 config) step by step, in the spec's
 // float32 operation order, so the integer accumulators are identical and the outputs match:

@@ -1,6 +1,7 @@
 // The per-element stages of the chunk kernel in plain C++ (the portable path; the compiler
-// vectorizes what it can for the baseline ISA). chunk_stages_avx512.h holds the same stages
-// with AVX-512 intrinsics; both must produce identical bytes (tests compare each with the spec).
+// vectorizes what it can for the baseline ISA). chunk_stages_avx2.h and chunk_stages_avx512.h
+// hold the same stages with AVX2 and AVX-512 intrinsics; all must produce identical bytes (the
+// tests compare each with the spec).
 
 // Element types of q, k, v and o: float, or bfloat16 held as its 16 bits (exactly the upper half
 // of the float32 it stands for; outputs rounded to nearest even, as torch's .to(bfloat16)).

@@ -1,4 +1,4 @@
-// Exact int8 GEMM on the operand layout shared by both ISA paths.
+// Exact int8 GEMM on the operand layout shared by every ISA path (portable, AVX2, AVX-512 VNNI).
 //
 //   C[m][n] = sum_{r < r_end(m)} (A[m][r] - 128) * B(r, n)        (int32, exact)
 //

@@ -1,5 +1,6 @@
 // The per-token stages of the decode kernel in plain C++ (the portable path);
-// recurrent_stages_avx512.h holds the same stages with AVX-512 intrinsics, identical in bytes.
+// recurrent_stages_avx2.h and recurrent_stages_avx512.h hold the same stages with AVX2 and
+// AVX-512 intrinsics, identical in bytes.
 
 // Per-token quantization of n floats (times `mul` when `scaled`) into int codes and *scale;
 // returns false if x holds inf or NaN (integer tests and max of the bits: quant.h).
