@@ -35,20 +35,22 @@ static inline void store8(uint16_t* p, int n, __m256 x) {
   }
 }
 
-// Codes + 128 of x[0, n_valid) / s (one row of Q or P, scale s from the row's amax) into
-// dst[0, n_store); bytes in [n_valid, n_store) get 128 (code 0).
-static inline void biased_codes_row(const float* x, float s, int n_valid, int n_store, uint8_t* dst) {
+// The A operands of this path hold the codes themselves, not code + 128 (GemmArgs::a_signed:
+// one vpxor less per A broadcast in gemm_avx2); their padding is code 0, i.e. byte 0.
+constexpr bool kSignedA = true;
+
+// Codes of x[0, n_valid) / s (one row of Q or P, scale s from the row's amax) into
+// dst[0, n_store); bytes in [n_valid, n_store) get code 0.
+static inline void codes_row(const float* x, float s, int n_valid, int n_store, uint8_t* dst) {
   const Divisor8 d = divisor8(_mm256_set1_ps(s));
-  const __m128i flip = _mm_set1_epi8(static_cast<char>(0x80));  // code ^ 0x80 = code + 128
   for (int c = 0; c < n_store; c += 8) {
     __m256i code = _mm256_setzero_si256();
-    if (c < n_valid)
-      code = _mm256_and_si256(lanes8(n_valid - c), codes8(_mm256_loadu_ps(x + c), d));
-    store_bytes8(dst + c, n_store - c, _mm_xor_si128(bytes8(code), flip));
+    if (c < n_valid) code = _mm256_and_si256(lanes8(n_valid - c), codes8(_mm256_loadu_ps(x + c), d));
+    store_bytes8(dst + c, n_store - c, bytes8(code));
   }
 }
 
-// Q rows (times `scale`) and K rows per token: Q codes + 128 into qu8 (padded rows: 128), K
+// Q rows (times `scale`) and K rows per token: Q codes into qu8 (padding: 0, kSignedA), K
 // codes straight into kp (B of Q K^T: [K4/4][C16][4], each 4-code word stored to its token's
 // slot, no token-major copy to transpose), their row sums into cs_k; K~ = K * kdec[j] into kd
 // with its column amax in kd_amax. Returns the inputs seen non-finite (kNonFiniteQ | K).
@@ -72,7 +74,7 @@ static inline int quant_token_rows(const T* qbase, const T* kbase, int64_t ldq, 
       prefetch_row_l2(static_cast<const T*>(s.pf_k) + a * ldq, K);
       prefetch_row_l2(static_cast<const T*>(s.pf_v) + a * ldv, V);
     }
-    // Q: scaled row and its amax, then the codes + 128.
+    // Q: scaled row and its amax, then the codes (over K4 bytes: the reduction's zero padding).
     __m256 m = _mm256_setzero_ps();
     for (int c = 0; c < K; c += 8) {
       const __m256 raw = load8(qrow + c, K - c);
@@ -83,7 +85,7 @@ static inline int quant_token_rows(const T* qbase, const T* kbase, int64_t ldq, 
     }
     const float sqa = scale_from_amax(hmax8(m));
     s.sq[a] = sqa;
-    biased_codes_row(s.qs, sqa, K, K, s.qu8 + a * K4);
+    codes_row(s.qs, sqa, K, K4, s.qu8 + a * K4);
     // K: amax; K~ = K * kdec[a] and its column amax; then the codes and their sum.
     const __m256 f = _mm256_set1_ps(kdec[a]);
     float* kd = s.kd + a * K16;
@@ -111,12 +113,12 @@ static inline int quant_token_rows(const T* qbase, const T* kbase, int64_t ldq, 
     }
     s.cs_k[a] = hsum8(csum);
   }
-  for (int a = L; a < s.C4; ++a) std::memset(s.qu8 + a * K4, 128, K4);
+  for (int a = L; a < s.C4; ++a) std::memset(s.qu8 + a * K4, 0, K4);
   return (any8(bad_q) ? kNonFiniteQ : 0) | (any8(bad_k) ? kNonFiniteK : 0);
 }
 
 // The fused-decay epilogue of acc = Q K^T and the per-row quantization of the scores P into
-// pu8 (codes + 128; columns past the diagonal and padded rows: 128).
+// pu8 (codes; columns past the diagonal and padded rows: 0).
 static inline void score_codes(int L, bool fused, const float* row, const float* col,
                                const float* mask, Scratch& s) {
   const int C = s.C, C4 = s.C4, C16 = s.C16;
@@ -149,9 +151,9 @@ static inline void score_codes(int L, bool fused, const float* row, const float*
     }
     const float spa = scale_from_amax(hmax8(m));
     s.sp[a] = spa;
-    biased_codes_row(s.P, spa, nb, C4, s.pu8 + a * C4);
+    codes_row(s.P, spa, nb, C4, s.pu8 + a * C4);
   }
-  for (int a = L; a < C4; ++a) std::memset(s.pu8 + a * C4, 128, C4);
+  for (int a = L; a < C4; ++a) std::memset(s.pu8 + a * C4, 0, C4);
 }
 
 // amax over `rows` rows of columns [c0, c0 + 8 NV), rows walked inside so the NV running maxima

@@ -6,6 +6,9 @@
 #include "quant_avx512.h"
 #include "chunk_prefetch.h"
 
+// The A operands (qu8, pu8, kdp) hold code + 128: vpdpbusd's unsigned operand (gemm.h).
+constexpr bool kSignedA = false;
+
 // In-register transpose of a 16 x 16 matrix of 32-bit words (rows r[0..15]).
 static inline void transpose16x16_epi32(__m512i r[16]) {
   __m512i t[16];

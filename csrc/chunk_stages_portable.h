@@ -3,6 +3,9 @@
 // hold the same stages with AVX2 and AVX-512 intrinsics; all must produce identical bytes (the
 // tests compare each with the spec).
 
+// The A operands (qu8, pu8, kdp) hold code + 128 (gemm.h), as gemm_portable reads them.
+constexpr bool kSignedA = false;
+
 // Element types of q, k, v and o: float, or bfloat16 held as its 16 bits (exactly the upper half
 // of the float32 it stands for; outputs rounded to nearest even, as torch's .to(bfloat16)).
 static inline float to_f32(float x) { return x; }

@@ -35,6 +35,10 @@ struct GemmArgs {
   // A stored as [R/4][lda][4] (four reduction entries of one row adjacent) instead of row-major:
   // lets K~^T V read the token-major codes after a 4-row interleave instead of a transpose.
   bool a_packed = false;
+  // A holds the codes themselves (int8, padding 0) instead of code + 128 (padding 128): the AVX2
+  // stages write it so, which saves the sign trick one vpxor per A broadcast. Only gemm_avx2
+  // reads A this way; the other GEMMs require a_signed == false.
+  bool a_signed = false;
 };
 
 // Address of A(m, r4 .. r4 + 3).

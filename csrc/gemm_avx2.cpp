@@ -2,8 +2,9 @@
 // vpsignb + vpmaddubsw + vpmaddwd per 32 byte products. Exact because every code is in
 // [-127, 127]: a pair sum is at most 2 * 127 * 127 = 32258 < 32767, so vpmaddubsw never
 // saturates. (The +128 offset that the VNNI path uses would: 255 * 127 * 2 > 32767.) The A
-// operand arrives biased (code + 128, gemm.h); code = byte ^ 0x80 read as int8, in register, so
-// no column-sum correction is needed and colsum / colsum_prefix are not read.
+// operand holds the codes (g.a_signed, as the AVX2 stages write it) or arrives biased (code +
+// 128, gemm.h; code = byte ^ 0x80 read as int8, in register), so no column-sum correction is
+// needed and colsum / colsum_prefix are not read.
 // Only this file's functions carry the AVX2 target attribute (chosen at run time by CPUID).
 #include <immintrin.h>
 
@@ -24,6 +25,7 @@ RQ_AVX2 inline __m256i dot4(__m256i acc, __m256i a, __m256i b, __m256i babs, __m
 // 4 rows x 16 columns (two ymm of 8 int32 each) over reductions [0, r_end). Accumulators are
 // named variables so that GCC keeps all eight in registers (see gemm_vnni.cpp); |b| is taken
 // once per B vector and shared by the four rows.
+template <bool kSigned>
 RQ_AVX2 inline void tile(const GemmArgs& g, int m0, int n0, int r_end) {
   const __m256i z = _mm256_setzero_si256(), ones = _mm256_set1_epi16(1);
   const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x80));
@@ -41,7 +43,8 @@ RQ_AVX2 inline void tile(const GemmArgs& g, int m0, int n0, int r_end) {
   {                                                                         \
     int32_t w;                                                              \
     __builtin_memcpy(&w, a0 + (i) * a_row, 4);                              \
-    const __m256i av = _mm256_xor_si256(_mm256_set1_epi32(w), flip);        \
+    const __m256i aw = _mm256_set1_epi32(w);                                \
+    const __m256i av = kSigned ? aw : _mm256_xor_si256(aw, flip);           \
     c0 = dot4(c0, av, b0, b0a, ones);                                       \
     c1 = dot4(c1, av, b1, b1a, ones);                                       \
   }
@@ -70,7 +73,13 @@ RQ_AVX2 void gemm_avx2(const GemmArgs& g) {
   for (int m0 = 0; m0 < m4; m0 += 4) {
     const int n_end = causal_col_end(g, m0, n16);
     const int r_end = causal_red_end(g, m0);
-    for (int n0 = 0; n0 < n_end; n0 += 16) tile(g, m0, n0, r_end);
+    for (int n0 = 0; n0 < n_end; n0 += 16) {
+      if (g.a_signed) {
+        tile<true>(g, m0, n0, r_end);
+      } else {
+        tile<false>(g, m0, n0, r_end);
+      }
+    }
   }
 }
 

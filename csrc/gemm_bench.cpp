@@ -32,10 +32,13 @@ double gemm_seconds(int64_t m, int64_t n, int64_t r, int64_t reps, int64_t isa) 
     std::vector<uint8_t> a(static_cast<size_t>(M4) * R);
     std::vector<int8_t> b(static_cast<size_t>(R) * N16);
     std::vector<int32_t> cs(N16, 0), c(static_cast<size_t>(M4) * N16);
-    // codes in [-127, 127] (A biased by 128), as the kernel's quantizers produce
-    for (size_t i = 0; i < a.size(); ++i) a[i] = static_cast<uint8_t>(1 + (i * 37) % 255);
+    // codes in [-127, 127], as the kernel's quantizers produce; A in the form the ISA's chunk
+    // stages write (the codes for AVX2, code + 128 otherwise: GemmArgs::a_signed)
+    const bool a_signed = isa == kIsaAvx2;
+    for (size_t i = 0; i < a.size(); ++i) a[i] = static_cast<uint8_t>(1 + (i * 37) % 255 + (a_signed ? 128 : 0));
     for (size_t i = 0; i < b.size(); ++i) b[i] = static_cast<int8_t>((i * 11) % 255 - 127);
-    const GemmArgs g{a.data(), R, b.data(), N16, cs.data(), c.data(), N16, M, N, R, false, false};
+    GemmArgs g{a.data(), R, b.data(), N16, cs.data(), c.data(), N16, M, N, R, false, false};
+    g.a_signed = a_signed;
     for (int64_t i = begin; i < end; ++i) gemm(g);
   });
   return seconds_since(t0);
