@@ -8,10 +8,12 @@ plain-PyTorch fp32 and bf16 chunkwise retention (all chunks batched for the intr
 and the state updates, one short loop for the state recurrence, then one batched Q S), called
 on the whole batch and one (batch, head) at a time (cache-sized intermediates); a
 PyTorch int8 path on ``torch._int_mm``; the machine's int8 (``_int_mm``), fp32 and bf16 matmul
-rates on the kernel's four GEMM shapes; the kernel's own GEMM-stage rate; the decode step
-against an fp32 decode step; and the float path's fused fp32 kernel against the fp32 PyTorch
-chunkwise retention (:mod:`bench.float_cpu`). Times are medians of ``--repeats`` runs; accuracy
-is relative L2 and cosine against a float64 reference (``retquant.metrics.compare``).
+rates on the kernel's four GEMM shapes; the kernel's own GEMM-stage rate, per ISA the CPU can
+run, as a fraction of that ISA's measured int8 peak; the decode step against an fp32 decode
+step; and the float path's fused fp32 kernel against the fp32 PyTorch chunkwise retention
+(:mod:`bench.float_cpu`). The kernel ISA is ``RETQUANT_CPU_ISA`` (default: the best the CPU has)
+and is printed. Times are medians of ``--repeats`` runs; accuracy is relative L2 and cosine
+against a float64 reference (``retquant.metrics.compare``).
 """
 
 from __future__ import annotations
@@ -142,8 +144,9 @@ def gemm_shapes(K: int, V: int):
     return [("Q K^T", C, C, K), ("P V", C, V, C), ("Q S", C, V, K), ("K~^T V", K, V, C)]
 
 
-def gemm_rates(K, V, batch, repeats):
-    """GOP/s of torch._int_mm (one 2-D call per product), fp32 and bf16 bmm on these shapes."""
+def gemm_rates(K, V, batch, repeats, isas):
+    """GOP/s of torch._int_mm (one 2-D call per product), fp32 and bf16 bmm on these shapes, and
+    of the kernel's GEMM stage alone with each ISA of ``isas``."""
     rows = []
     for name, m, n, r in gemm_shapes(K, V):
         ops = 2.0 * m * n * r * batch
@@ -159,23 +162,26 @@ def gemm_rates(K, V, batch, repeats):
         t8 = median_time(int_mm, repeats)
         t32 = median_time(lambda af=af, bf=bf: torch.bmm(af, bf), repeats)
         t16 = median_time(lambda ab=ab, bb=bb: torch.bmm(ab, bb), repeats)
-        reps = batch
-        tk = median_time(
-            lambda m=m, n=n, r=r, reps=reps: torch.ops.retquant.gemm_seconds(
-                m, n, r, reps, cpu_extension.use_vnni()
-            ),
-            repeats,
-        )
-        rows.append(
-            (
-                f"{name} {m}x{n}x{r}",
-                ops / t8 / 1e9,
-                ops / t32 / 1e9,
-                ops / t16 / 1e9,
-                ops / tk / 1e9,
+        kernel = []
+        for isa in isas:
+            code = cpu_extension.isa_code(isa)
+            tk = median_time(
+                lambda m=m, n=n, r=r, code=code: torch.ops.retquant.gemm_seconds(m, n, r, batch, code),
+                repeats,
             )
-        )
+            kernel.append(ops / tk / 1e9)
+        rows.append((f"{name} {m}x{n}x{r}", ops / t8 / 1e9, ops / t32 / 1e9, ops / t16 / 1e9, kernel))
     return rows
+
+
+def int8_peaks(isas) -> dict[str, float]:
+    """GOP/s of each SIMD ISA's int8 inner loop on registers only (``retquant::int8_peak_gops``:
+    ``vpdpbusd`` for avx512, the sign trick for avx2), best of 3; the portable path has none."""
+    return {
+        isa: max(torch.ops.retquant.int8_peak_gops(cpu_extension.isa_code(isa)) for _ in range(3))
+        for isa in isas
+        if isa != "portable"
+    }
 
 
 def decode_step_fp32(q, k, v, S, gamma, scale):
@@ -211,10 +217,11 @@ def main(argv=None):
     v = torch.randn(B, T, H, V, generator=gen)
     gg = default_g_gamma(H)
     scale = K**-0.5
-    isa = "avx512-vnni" if cpu_extension.use_vnni() else "portable"
+    isa = cpu_extension.isa()
     print(
         f"machine: {platform.processor() or platform.machine()}, {_cpu_name()}; "
-        f"torch {torch.__version__}; threads={torch.get_num_threads()}; kernel ISA={isa}"
+        f"torch {torch.__version__}; threads={torch.get_num_threads()}; kernel ISA={isa} "
+        f"(this CPU runs: {', '.join(cpu_extension.cpu_isas())})"
     )
     print(f"shape: B={B} T={T} H={H} K={K} V={V} chunk={C}; median of {R} runs\n")
 
@@ -266,16 +273,25 @@ def main(argv=None):
     )
 
     batch = min(B * H * n_chunks, 512)
-    print(f"GEMM rates on the kernel's shapes (GOP/s, {batch} products per timing)")
+    isas = [i for i in cpu_extension.cpu_isas() if i != "portable" or isa == "portable"]
+    peaks = int8_peaks(isas)
     print(
-        f"{'shape m x n x reduced':24s} {'_int_mm':>9s} {'fp32 bmm':>9s} {'bf16 bmm':>9s} "
-        f"{'kernel int8':>12s}"
+        "int8 peak (register-only inner loop, all threads): "
+        + ", ".join(f"{i} {p:.0f} GOP/s" for i, p in peaks.items())
     )
-    for name, r8, r32, r16, rk in gemm_rates(K, V, batch, R):
-        print(f"{name:24s} {r8:9.1f} {r32:9.1f} {r16:9.1f} {rk:12.1f}")
+    print(f"GEMM rates on the kernel's shapes (GOP/s, {batch} products per timing)")
+    head = "".join(f" {'kernel ' + i:>14s}" for i in isas)
+    print(f"{'shape m x n x reduced':24s} {'_int_mm':>9s} {'fp32 bmm':>9s} {'bf16 bmm':>9s}{head}")
+    for name, r8, r32, r16, rk in gemm_rates(K, V, batch, R, isas):
+        cells = "".join(
+            f" {rate:8.1f}" + (f" ({rate / peaks[i]:3.0%})" if i in peaks else " " * 6)
+            for i, rate in zip(isas, rk)
+        )
+        print(f"{name:24s} {r8:9.1f} {r32:9.1f} {r16:9.1f}{cells}")
     print(
-        "(_int_mm: one 2-D call per product, as a PyTorch int8 path must; kernel int8: the C++ "
-        "GEMM stage alone on the same shapes, same threads)\n"
+        "(_int_mm: one 2-D call per product, as a PyTorch int8 path must; kernel <isa>: the C++ "
+        "GEMM stage alone on the same shapes, same threads, with the fraction of that ISA's int8 "
+        "peak)\n"
     )
 
     _decode(B, H, K, V, gg, scale, gen, R)
@@ -329,11 +345,11 @@ def _decode(B, H, K, V, gg, scale, gen, R):
     off = torch.arange(B + 1, dtype=torch.int64)
     out = torch.empty(B, H, V)
     S_op = S0.clone()
-    avx = cpu_extension.use_vnni()
+    isa = cpu_extension.isa_code()
 
     def op_steps():  # the registered op, state updated in place (initial_state is final_state)
         for t in range(steps):
-            torch.ops.retquant.recurrent_fwd(qf[t], kf[t], vf[t], off, scale, gamma, S_op, out, S_op, avx)
+            torch.ops.retquant.recurrent_fwd(qf[t], kf[t], vf[t], off, scale, gamma, S_op, out, S_op, isa)
 
     t_op = median_time(op_steps, R) / steps
     t_dec = median_time(decoder_steps, R) / steps

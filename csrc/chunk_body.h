@@ -1,16 +1,18 @@
-// The per-(sequence, head) chunk loop, compiled twice: once for the baseline ISA (portable path)
-// and once with the AVX-512 target (the VNNI path), by chunk_portable.cpp / chunk_avx512.cpp.
-// Each defines RQ_BODY_NS (namespace of its copy), RQ_GEMM (its int8 GEMM) and RQ_STAGES (the
-// header holding its per-element stages: chunk_stages_portable.h or chunk_stages_avx512.h)
-// before including this file. Everything here and in the included headers is defined inside
-// RQ_BODY_NS and no std:: templates are instantiated, so the two copies (compiled for different
-// ISAs) share no inline code the linker could merge.
+// The per-(sequence, head) chunk loop, compiled once per ISA of cpu_isa.h: for the baseline ISA
+// (portable path), with the AVX2 target and with the AVX-512 target, by chunk_portable.cpp /
+// chunk_avx2.cpp / chunk_avx512.cpp. Each defines RQ_BODY_NS (namespace of its copy), RQ_GEMM
+// (its int8 GEMM) and RQ_STAGES (the header holding its per-element stages:
+// chunk_stages_portable.h, chunk_stages_avx2.h or chunk_stages_avx512.h) before including this
+// file. Everything here and in the included headers is defined inside RQ_BODY_NS and no std::
+// templates are instantiated, so the copies (compiled for different ISAs) share no inline code
+// the linker could merge.
 //
 // Follows retquant/spec/int_chunk.py (default int8 config) step by step, in the spec's
 // float32 operation order, so the integer accumulators are identical and the outputs match:
 //   Q, K per token; V per channel of the chunk; acc = Q K^T with the fused-decay epilogue;
 //   P per row; O = P V (intra) + (Q S_{i-1}) (inter, S per column); S = S * g^L + K~^T V.
-// The stages write the GEMM operands directly in the layouts of gemm.h.
+// The stages write the GEMM operands directly in the layouts of gemm.h; their header's kSignedA
+// says whether the A operands hold the codes or code + 128 (GemmArgs::a_signed).
 
 namespace retquant {
 namespace RQ_BODY_NS {
@@ -47,7 +49,9 @@ static void chunk_step(const ChunkParams& p, Scratch& s, int64_t t0, int L, int 
   // and its column amax, read while the K rows are in cache.
   s.bad |= quant_token_rows(q0, k0, ldq, v0, ldv, L, p.scale, kdec, s);
   s.bad |= scales_out_of_range(s.sq, L, kRangeQ) | scales_out_of_range(s.sk, L, kRangeK);
-  RQ_GEMM({s.qu8, K4, s.kp, C16, s.cs_k, s.acc_qk, C16, L, L, K4, true, false});
+  GemmArgs qk{s.qu8, K4, s.kp, C16, s.cs_k, s.acc_qk, C16, L, L, K4, true, false};
+  qk.a_signed = kSignedA;
+  RQ_GEMM(qk);
   score_codes(L, p.fused[h] != 0, p.row + h * C, p.col + h * C, p.mask + h * C * C, s);
 
   // V per channel of the chunk, packed once for both P V and K~^T V.
@@ -56,18 +60,22 @@ static void chunk_step(const ChunkParams& p, Scratch& s, int64_t t0, int L, int 
   s.bad |= scales_out_of_range(s.sv, V, kRangeV);
   GemmArgs pv{s.pu8, C4, s.vp, V16, s.cs_v, s.acc_pv, V16, L, V, L4, false, true};
   pv.colsum_prefix = s.cs_v_prefix;
+  pv.a_signed = kSignedA;
   RQ_GEMM(pv);
 
   // S_{i-1} per column (its amax was taken by the previous state update), O_inter = Q S.
   quant_cols_packed(s.S, V, K, K4, V, V16, s.Samax, s.sS, s.Sp, s.cs_s, nullptr, false);
-  RQ_GEMM({s.qu8, K4, s.Sp, V16, s.cs_s, s.acc_qs, V16, L, V, K4, false, false});
+  GemmArgs qs{s.qu8, K4, s.Sp, V16, s.cs_s, s.acc_qs, V16, L, V, K4, false, false};
+  qs.a_signed = kSignedA;
+  RQ_GEMM(qs);
   write_output(o0, ldv, L, p.inter + h * C, s);
 
   // dS = K~^T V (K~ as the A operand, 4 token rows interleaved); S = S * g^L + dS.
   quant_cols_packed(s.kd, K16, L, L4, K, K16, s.kd_amax, s.skd, reinterpret_cast<int8_t*>(s.kdp),
-                    nullptr, nullptr, true);
+                    nullptr, nullptr, !kSignedA);
   GemmArgs kv{s.kdp, K16, s.vp, V16, s.cs_v, s.acc_kv, V16, K, V, L4, false, false};
   kv.a_packed = true;
+  kv.a_signed = kSignedA;
   RQ_GEMM(kv);
   update_state(p.chunk_decay[h * (C + 1) + L], s);
 

@@ -20,6 +20,9 @@ constexpr float kMaxStateAbs = 0x1p100f;
 // kernel's check of the state it reads anyway (kNonFiniteState then covers both; the Python side
 // tells them apart on the error path).
 constexpr float kStateProbe = 0x1p28f;
+// The same test on the bits of |x| (portable and AVX2 paths): the bits of kMaxStateAbs, below
+// those of every larger float, inf and NaN.
+constexpr uint32_t kStateLimitBits = (127u + 100u) << 23;
 
 // All tensors contiguous; tokens of every sequence are rows of [T_total, H, D]. q, k, v and out
 // are float32, or all bfloat16 (bf16); everything else float32.
@@ -42,7 +45,7 @@ struct ChunkParams {
   void* out;                 // [T_total, H, V]
   float* final_state;        // [N, H, K, V]
   bool bf16 = false;         // element type of q, k, v, out
-  bool use_vnni;
+  int isa = 0;               // kIsa* of cpu_isa.h (checked against CPUID by the caller)
   int heads_per_task = 1;    // heads one task walks together (set by chunk_retention_cpu)
   // Optional integer accumulators (tests): [N, H, dbg_chunks, C, C|V] and [.., K, V].
   int32_t* dbg_qk = nullptr;
@@ -66,7 +69,7 @@ struct RecurrentParams {
   const float* init;         // [N, H, K, V] or nullptr
   float* out;                // [T_total, H, V]
   float* final_state;        // [N, H, K, V]; may be init itself (the update is in place)
-  bool use_avx512;           // AVX-512 build of the loop (only taken if CPUID has it)
+  int isa = 0;               // kIsa* of cpu_isa.h (checked against CPUID by the caller)
 };
 
 int recurrent_retention_cpu(const RecurrentParams& p);  // status (see above)

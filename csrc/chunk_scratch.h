@@ -13,9 +13,9 @@ struct Scratch {
   float* P;        // [C16]       one row of decayed scores
   float* S;        // the current head's carried state [K][V] (owned by run_tasks)
   float* Samax;    // its per-column amax [V16], kept current by the state update
-  uint8_t* qu8;    // [C4][K4]    Q codes + 128 (A of Q K^T and Q S)
-  uint8_t* pu8;    // [C4][C4]    P codes + 128 (A of P V)
-  uint8_t* kdp;    // [C4/4][K16][4] K~ codes + 128, 4 token rows interleaved (A of K~^T V)
+  uint8_t* qu8;    // [C4][K4]    Q codes + 128, or the codes (kSignedA) (A of Q K^T and Q S)
+  uint8_t* pu8;    // [C4][C4]    P codes + 128, or the codes (kSignedA) (A of P V)
+  uint8_t* kdp;    // [C4/4][K16][4] K~ codes (+ 128 unless kSignedA), 4 token rows interleaved
   int8_t* kq;      // [C16][K16]  K codes, token-major
   int8_t* kp;      // [K4/4][C16][4] K codes (B of Q K^T)
   int8_t* vp;      // [C4/4][V16][4] V codes (B of P V and K~^T V)

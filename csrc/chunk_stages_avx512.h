@@ -4,6 +4,10 @@
 // the GEMM layouts and the column sums happen in one pass per operand.
 
 #include "quant_avx512.h"
+#include "chunk_prefetch.h"
+
+// The A operands (qu8, pu8, kdp) hold code + 128: vpdpbusd's unsigned operand (gemm.h).
+constexpr bool kSignedA = false;
 
 // In-register transpose of a 16 x 16 matrix of 32-bit words (rows r[0..15]).
 static inline void transpose16x16_epi32(__m512i r[16]) {
@@ -64,18 +68,6 @@ static inline void biased_codes_row(const float* x, float s, int n_valid, int n_
     if (mv != 0) code = _mm512_maskz_mov_epi32(mv, group_codes(_mm512_loadu_ps(x + c), vs, in_range));
     _mm_mask_storeu_epi8(dst + c, lanes(n_store - c), _mm512_cvtepi32_epi8(_mm512_add_epi32(code, bias)));
   }
-}
-
-template <typename T>
-static inline void prefetch_row(const T* x, int n) {
-  for (int i = 0; i < n; i += 64 / static_cast<int>(sizeof(T)))
-    _mm_prefetch(reinterpret_cast<const char*>(x + i), _MM_HINT_T0);
-}
-
-template <typename T>
-static inline void prefetch_row_l2(const T* x, int n) {
-  for (int i = 0; i < n; i += 64 / static_cast<int>(sizeof(T)))
-    _mm_prefetch(reinterpret_cast<const char*>(x + i), _MM_HINT_T1);
 }
 
 // Returns the inputs seen non-finite (kNonFiniteQ | kNonFiniteK).

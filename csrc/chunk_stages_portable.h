@@ -1,6 +1,10 @@
 // The per-element stages of the chunk kernel in plain C++ (the portable path; the compiler
-// vectorizes what it can for the baseline ISA). chunk_stages_avx512.h holds the same stages
-// with AVX-512 intrinsics; both must produce identical bytes (tests compare each with the spec).
+// vectorizes what it can for the baseline ISA). chunk_stages_avx2.h and chunk_stages_avx512.h
+// hold the same stages with AVX2 and AVX-512 intrinsics; all must produce identical bytes (the
+// tests compare each with the spec).
+
+// The A operands (qu8, pu8, kdp) hold code + 128 (gemm.h), as gemm_portable reads them.
+constexpr bool kSignedA = false;
 
 // Element types of q, k, v and o: float, or bfloat16 held as its 16 bits (exactly the upper half
 // of the float32 it stands for; outputs rounded to nearest even, as torch's .to(bfloat16)).
@@ -18,21 +22,20 @@ static inline void put(uint16_t* d, float x) {  // finite x (non-finite inputs r
   *d = static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
 }
 
-// max |x[i]| over n floats.
+// max |x[i]| over n floats (integer max of the magnitudes' bits: vectorizes, see quant.h).
 static inline float row_amax(const float* x, int n) {
-  float m = 0.f;
+  uint32_t m = 0;
   for (int i = 0; i < n; ++i) {
-    const float a = std::fabs(x[i]);
+    const uint32_t a = abs_bits(x[i]);
     m = a > m ? a : m;
   }
-  return m;
+  return from_bits(m);
 }
 
 // Q rows (times `scale`) and K rows per token: Q codes + 128 into qu8 (padded rows: 128), K codes
 // into kq (token-major) and kp (B of Q K^T: [K4/4][C16][4]), their row sums into cs_k;
 // K~ = K * kdec[j] into kd with its column amax in kd_amax. vbase/ldv: unused here (prefetch).
-// Returns the inputs seen non-finite (kNonFiniteQ | kNonFiniteK; x * 0 is NaN exactly for inf
-// and NaN).
+// Returns the inputs seen non-finite (kNonFiniteQ | kNonFiniteK).
 template <typename T>
 static inline int quant_token_rows(const T* qbase, const T* kbase, int64_t ldq, const T* vbase,
                                    int64_t ldv, int L, float scale, const float* kdec, Scratch& s) {
@@ -40,14 +43,14 @@ static inline int quant_token_rows(const T* qbase, const T* kbase, int64_t ldq, 
   (void)ldv;
   const int K = s.K, K4 = s.K4, K16 = s.K16, C16 = s.C16;
   for (int k = 0; k < K; ++k) s.kd_amax[k] = 0.f;
-  float probe_q = 0.f, probe_k = 0.f;
+  uint32_t bad_q = 0, bad_k = 0;
   for (int a = 0; a < L; ++a) {
     const T* qrow = qbase + a * ldq;
     float* krow = s.kd + a * K16;  // K's row as float32, overwritten by K~ below
     for (int k = 0; k < K; ++k) {
       krow[k] = to_f32(kbase[a * ldq + k]);
-      probe_q += to_f32(qrow[k]) * 0.f;
-      probe_k += krow[k] * 0.f;
+      bad_q |= abs_bits(to_f32(qrow[k])) >= kInfBits;
+      bad_k |= abs_bits(krow[k]) >= kInfBits;
     }
     for (int k = 0; k < K; ++k) s.qs[k] = to_f32(qrow[k]) * scale;
     const float sqa = scale_from_amax(row_amax(s.qs, K));
@@ -74,7 +77,7 @@ static inline int quant_token_rows(const T* qbase, const T* kbase, int64_t ldq, 
     }
   }
   for (int a = L; a < s.C4; ++a) std::memset(s.qu8 + a * K4, 128, K4);
-  return (probe_q != probe_q ? kNonFiniteQ : 0) | (probe_k != probe_k ? kNonFiniteK : 0);
+  return (bad_q != 0 ? kNonFiniteQ : 0) | (bad_k != 0 ? kNonFiniteK : 0);
 }
 
 // The fused-decay epilogue of acc = Q K^T and the per-row quantization of the scores P into
@@ -107,17 +110,17 @@ static inline void score_codes(int L, bool fused, const float* row, const float*
 // amax over `rows` rows (stride ldx) of each of n columns; false if any element is inf or NaN.
 template <typename T>
 static inline bool col_amax(const T* x, int64_t ldx, int rows, int n, float* amax) {
-  float probe = 0.f;
+  uint32_t bad = 0;
   for (int c = 0; c < n; ++c) amax[c] = 0.f;
   for (int r = 0; r < rows; ++r) {
     const T* xr = x + r * ldx;
     for (int c = 0; c < n; ++c) {
-      probe += to_f32(xr[c]) * 0.f;
-      const float a = std::fabs(to_f32(xr[c]));
-      amax[c] = a > amax[c] ? a : amax[c];
+      const uint32_t a = abs_bits(to_f32(xr[c]));
+      bad |= a >= kInfBits;
+      amax[c] = from_bits(a) > amax[c] ? from_bits(a) : amax[c];
     }
   }
-  return probe == probe;
+  return bad == 0;
 }
 
 // Per-column quantization of rows [0, rows) of x (stride ldx, n columns; scale[c] from amax[c])
@@ -135,13 +138,18 @@ static inline void quant_cols_packed(const T* x, int64_t ldx, int rows, int rows
     for (int c = 0; c < ld; ++c) colsum[c] = 0;
   if (prefix != nullptr)
     for (int c = 0; c < ld; ++c) prefix[c] = 0;
+  const int8_t pad = static_cast<int8_t>(static_cast<uint8_t>(bias));  // code 0
   for (int r = 0; r < rows4; ++r) {
     int8_t* d = dst + (r / 4) * ld * 4 + r % 4;
-    for (int c = 0; c < ld; ++c) {
-      const int code = (r < rows && c < n) ? quant_code(to_f32(x[r * ldx + c]), scale[c]) : 0;
+    // (the padding tests hoisted out of the column loops: branch-free loops vectorize)
+    const int nc = r < rows ? n : 0;
+    const T* xr = x + r * ldx;
+    for (int c = 0; c < nc; ++c) {
+      const int code = quant_code(to_f32(xr[c]), scale[c]);
       if (colsum != nullptr) colsum[c] += code;
       d[4 * c] = static_cast<int8_t>(static_cast<uint8_t>(code + bias));
     }
+    for (int c = nc; c < ld; ++c) d[4 * c] = pad;
     if (prefix != nullptr && r % 4 == 3)
       for (int c = 0; c < ld; ++c) prefix[(r / 4 + 1) * ld + c] = colsum[c];
   }

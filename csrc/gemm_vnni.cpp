@@ -1,6 +1,6 @@
 // AVX-512 VNNI int8 GEMM (vpdpbusd, u8 x s8 -> s32 with the +128 / column-sum correction).
 // Only this file's functions carry the AVX-512 target attribute; the rest of the extension is
-// built for the baseline ISA, and this path is chosen at run time through CPUID.
+// built for the baseline ISA, and this path is chosen at run time through CPUID (cpu_isa.h).
 #include <immintrin.h>
 
 #include "gemm.h"
@@ -8,12 +8,6 @@
 #define RQ_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
 
 namespace retquant {
-
-bool cpu_has_avx512_vnni() {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
-}
 
 namespace {
 
@@ -66,9 +60,8 @@ RQ_VNNI inline void tile(const GemmArgs& g, int m0, int n0, int r_end, const int
 RQ_VNNI void gemm_vnni(const GemmArgs& g) {
   const int m4 = round_up(g.m, 4), n16 = round_up(g.n, 16);
   for (int m0 = 0; m0 < m4; m0 += 4) {
-    int n_end = n16;
-    if (g.causal_cols && round_up(m0 + 4, 16) < n16) n_end = round_up(m0 + 4, 16);
-    const int r_end = g.causal_red ? (m0 + 4 < g.r ? m0 + 4 : g.r) : g.r;
+    const int n_end = causal_col_end(g, m0, n16);
+    const int r_end = causal_red_end(g, m0);
     const int32_t* corr = r_end < g.r ? g.colsum_prefix + (r_end / 4) * g.ldb : g.colsum;
     int n0 = 0;
     for (; n0 + 64 <= n_end; n0 += 64) tile<4>(g, m0, n0, r_end, corr);
@@ -79,6 +72,22 @@ RQ_VNNI void gemm_vnni(const GemmArgs& g) {
       default: break;
     }
   }
+}
+
+// The peak probe (gemm_bench.cpp): vpdpbusd on registers only, 12 independent accumulators.
+RQ_VNNI int64_t int8_peak_vnni(int64_t iters) {
+  __m512i a = _mm512_set1_epi8(3), b = _mm512_set1_epi8(-5);
+  __m512i c[12];
+  for (int j = 0; j < 12; ++j) c[j] = _mm512_set1_epi32(j);
+  for (int64_t i = 0; i < iters; ++i) {
+    for (int j = 0; j < 12; ++j) c[j] = _mm512_dpbusd_epi32(c[j], a, b);
+    __asm__ volatile("" : "+v"(a), "+v"(b));  // not loop-invariant to the compiler
+  }
+  __m512i s = c[0];
+  for (int j = 1; j < 12; ++j) s = _mm512_add_epi32(s, c[j]);
+  volatile int32_t sink = _mm512_reduce_add_epi32(s);
+  (void)sink;
+  return iters * 12 * 64 * 2;  // 12 chains x 64 byte products x (multiply + add)
 }
 
 }  // namespace retquant

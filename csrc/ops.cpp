@@ -5,6 +5,7 @@
 #include <tuple>
 
 #include "chunk_retention.h"
+#include "cpu_isa.h"
 #include "float_chunk.h"
 #include "gemm.h"
 #include "output_alloc.h"
@@ -42,7 +43,7 @@ ChunkParams chunk_params(const at::Tensor& q, const at::Tensor& k, const at::Ten
                          const at::Tensor& col, const at::Tensor& mask, const at::Tensor& inter,
                          const at::Tensor& kdec, const at::Tensor& chunk_decay,
                          const at::Tensor& fused, const c10::optional<at::Tensor>& init,
-                         bool use_vnni, at::Tensor& out, at::Tensor& final_state) {
+                         int64_t isa, at::Tensor& out, at::Tensor& final_state) {
   const at::ScalarType dt = q.scalar_type();
   TORCH_CHECK(dt == at::kFloat || dt == at::kBFloat16, "q must be float32 or bfloat16, got ", dt);
   check_tokens(q, "q", dt); check_tokens(k, "k", dt); check_tokens(v, "v", dt);
@@ -73,7 +74,7 @@ ChunkParams chunk_params(const at::Tensor& q, const at::Tensor& k, const at::Ten
     TORCH_CHECK(init->sizes() == final_state.sizes(), "initial_state must be [N, H, K, V]");
     init_ptr = init->data_ptr<float>();
   }
-  TORCH_CHECK(!use_vnni || cpu_has_avx512_vnni(), "this CPU has no AVX-512 VNNI");
+  check_isa(isa, "chunk_fwd");
   ChunkParams p{};
   p.q = q.data_ptr(); p.k = k.data_ptr(); p.v = v.data_ptr(); p.bf16 = dt == at::kBFloat16;
   p.offsets = offsets.data_ptr<int64_t>(); p.N = N;
@@ -83,7 +84,7 @@ ChunkParams chunk_params(const at::Tensor& q, const at::Tensor& k, const at::Ten
   p.inter = inter.data_ptr<float>(); p.kdec = kdec.data_ptr<float>();
   p.chunk_decay = chunk_decay.data_ptr<float>(); p.fused = fused.data_ptr<uint8_t>();
   p.init = init_ptr; p.out = out.data_ptr(); p.final_state = final_state.data_ptr<float>();
-  p.use_vnni = use_vnni;
+  p.isa = static_cast<int>(isa);
   return p;
 }
 
@@ -91,17 +92,17 @@ int64_t chunk_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                   const at::Tensor& offsets, double scale, const at::Tensor& row,
                   const at::Tensor& col, const at::Tensor& mask, const at::Tensor& inter,
                   const at::Tensor& kdec, const at::Tensor& chunk_decay, const at::Tensor& fused,
-                  const c10::optional<at::Tensor>& init, bool use_vnni, at::Tensor out,
+                  const c10::optional<at::Tensor>& init, int64_t isa, at::Tensor out,
                   at::Tensor final_state) {
   return chunk_retention_cpu(chunk_params(q, k, v, offsets, scale, row, col, mask, inter, kdec,
-                                          chunk_decay, fused, init, use_vnni, out, final_state));
+                                          chunk_decay, fused, init, isa, out, final_state));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> chunk_fwd_debug(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& offsets,
     double scale, const at::Tensor& row, const at::Tensor& col, const at::Tensor& mask,
     const at::Tensor& inter, const at::Tensor& kdec, const at::Tensor& chunk_decay,
-    const at::Tensor& fused, const c10::optional<at::Tensor>& init, bool use_vnni,
+    const at::Tensor& fused, const c10::optional<at::Tensor>& init, int64_t isa,
     int64_t num_chunks) {
   const int64_t T = q.size(0), H = q.size(1), K = q.size(2), V = v.size(2);
   const int64_t N = offsets.numel() - 1, C = row.size(1);
@@ -113,7 +114,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   at::Tensor qs = at::zeros({N, H, num_chunks, C, V}, io);
   at::Tensor kv = at::zeros({N, H, num_chunks, K, V}, io);
   ChunkParams p = chunk_params(q, k, v, offsets, scale, row, col, mask, inter, kdec, chunk_decay,
-                               fused, init, use_vnni, out, fin);
+                               fused, init, isa, out, fin);
   const int64_t* o = offsets.data_ptr<int64_t>();
   for (int64_t i = 0; i < N; ++i)
     TORCH_CHECK((o[i + 1] - o[i] + C - 1) / C <= num_chunks, "num_chunks too small");
@@ -127,7 +128,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 int64_t recurrent_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                       const at::Tensor& offsets, double scale, const at::Tensor& gamma,
                       const c10::optional<at::Tensor>& init, at::Tensor out, at::Tensor final_state,
-                      bool use_avx512) {
+                      int64_t isa) {
+  check_isa(isa, "recurrent_fwd");
   check_f32(q, "q", 3); check_f32(k, "k", 3); check_f32(v, "v", 3);
   const int64_t T = q.size(0), H = q.size(1), K = q.size(2), V = v.size(2);
   TORCH_CHECK(k.sizes() == q.sizes() && v.size(0) == T && v.size(1) == H, "q/k/v shapes differ");
@@ -152,7 +154,7 @@ int64_t recurrent_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor
     p.init = init->data_ptr<float>();
   }
   p.out = out.data_ptr<float>(); p.final_state = final_state.data_ptr<float>();
-  p.use_avx512 = use_avx512;
+  p.isa = static_cast<int>(isa);
   return recurrent_retention_cpu(p);
 }
 
@@ -206,6 +208,7 @@ void float_chunk_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
 int64_t float_chunk_isa() { return float_chunk_best_isa(); }
 
 bool has_vnni() { return cpu_has_avx512_vnni(); }
+bool has_avx2() { return cpu_has_avx2(); }
 
 at::Tensor empty_cached(at::IntArrayRef size, at::ScalarType dtype) { return empty_output(size, dtype); }
 
@@ -215,21 +218,23 @@ TORCH_LIBRARY(retquant, m) {
   m.def(
       "chunk_fwd(Tensor q, Tensor k, Tensor v, Tensor offsets, float scale, Tensor row, "
       "Tensor col, Tensor mask, Tensor inter, Tensor kdec, Tensor chunk_decay, Tensor fused, "
-      "Tensor? initial_state, bool use_vnni, Tensor(a!) out, Tensor(b!) final_state) -> int");
+      "Tensor? initial_state, int isa, Tensor(a!) out, Tensor(b!) final_state) -> int");
   m.def(
       "chunk_fwd_debug(Tensor q, Tensor k, Tensor v, Tensor offsets, float scale, Tensor row, "
       "Tensor col, Tensor mask, Tensor inter, Tensor kdec, Tensor chunk_decay, Tensor fused, "
-      "Tensor? initial_state, bool use_vnni, int num_chunks) "
+      "Tensor? initial_state, int isa, int num_chunks) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "recurrent_fwd(Tensor q, Tensor k, Tensor v, Tensor offsets, float scale, Tensor gamma, "
-      "Tensor? initial_state, Tensor(a!) out, Tensor(b!) final_state, bool use_avx512) -> int");
+      "Tensor? initial_state, Tensor(a!) out, Tensor(b!) final_state, int isa) -> int");
+  // isa: a kIsa* code of csrc/cpu_isa.h (0 portable, 1 avx2, 2 avx512)
   m.def(
       "float_chunk_fwd(Tensor q, Tensor k, Tensor v, Tensor offsets, float scale, Tensor mask, "
       "Tensor inter, Tensor kdec, Tensor chunk_decay, Tensor? initial_state, int isa, "
       "Tensor(a!) out, Tensor(b!) final_state) -> ()");
   m.def("float_chunk_isa() -> int");
   m.def("has_vnni() -> bool");
+  m.def("has_avx2() -> bool");
   m.def("empty_cached(int[] size, ScalarType dtype) -> Tensor");
   m.def("release_cached_outputs() -> ()", &release_cached_outputs);
   m.def("cached_output_bytes() -> int", &cached_output_bytes);
@@ -251,6 +256,7 @@ TORCH_LIBRARY_IMPL(retquant, CPU, m) {
 TORCH_LIBRARY_IMPL(retquant, CompositeExplicitAutograd, m) {
   m.impl("has_vnni", &has_vnni);
   m.impl("float_chunk_isa", &float_chunk_isa);
+  m.impl("has_avx2", &has_avx2);
   m.impl("empty_cached", &empty_cached);
 }
 

@@ -9,6 +9,23 @@
 
 constexpr float kQmax = 127.0f;
 
+// Bits of |x|. For non-NaN values they are ordered like the magnitudes, so an integer max over
+// them is the float max of |x| and `abs_bits(x) >= kInfBits` tests for inf or NaN: integer
+// reductions GCC vectorizes at the baseline ISA, where a float max reduction (NaN ordering) or
+// a float probe sum (x * 0 accumulated: not associative) stays scalar. NaN inputs make the
+// kernels raise, so what an amax is for them does not matter.
+constexpr uint32_t kInfBits = 0x7F800000u;
+inline uint32_t abs_bits(float x) {
+  uint32_t u;
+  __builtin_memcpy(&u, &x, 4);
+  return u & 0x7FFFFFFFu;
+}
+inline float from_bits(uint32_t u) {
+  float x;
+  __builtin_memcpy(&x, &u, 4);
+  return x;
+}
+
 // Scale of a group whose largest magnitude is `amax`.
 inline float scale_from_amax(float amax) {
   float s = amax / kQmax;
@@ -26,9 +43,19 @@ inline float round_half_even(float t) {
 // the bounds are integers, and clamping first keeps |t| small for the rounding trick.
 inline int quant_code(float x, float s) {
   float t = x / s;
-  t = t < -kQmax ? -kQmax : (t > kQmax ? kQmax : t);
+  // Two selects (with -fno-trapping-math, cpu_extension.py, GCC if-converts them: the
+  // quantization loops vectorize at the baseline ISA instead of branching per element).
+  t = t < -kQmax ? -kQmax : t;
+  t = t > kQmax ? kQmax : t;
   return static_cast<int>(round_half_even(t));
 }
+
+constexpr float kMinNormal = 1.17549435e-38f;  // FLT_MIN
+
+// Whether a group with scale s may skip the clamp (the SIMD paths' in-range codes): when
+// |x| <= amax of x's group and s = fl(amax / 127) is a normal float, |x / s| <= 127 (1 + 2^-23),
+// which rounds to at most 127 anyway.
+inline bool scale_normal(float s) { return s >= kMinNormal; }
 
 // Biased (code + 128) byte: the unsigned operand of vpdpbusd.
 inline uint8_t quant_u8(float x, float s) {

@@ -24,10 +24,7 @@ static inline __m512i vcodes_in_range(__m512 x, __m512 s) {
   return _mm512_cvt_roundps_epi32(_mm512_div_ps(x, s), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
 }
 
-constexpr float kMinNormal = 1.17549435e-38f;  // FLT_MIN
-
-// Whether the clamp-free codes apply to a group with scale s (see vcodes_in_range).
-static inline bool scale_normal(float s) { return s >= kMinNormal; }
+// Whether the clamp-free codes apply to every lane's group (scale_normal of quant.h).
 static inline bool all_normal(__m512 s) {
   return _mm512_cmp_ps_mask(s, _mm512_set1_ps(kMinNormal), _CMP_GE_OQ) == 0xFFFF;
 }

@@ -1,18 +1,32 @@
-// The recurrent (decode) loop per (sequence, head), compiled twice like chunk_body.h: for the
-// baseline ISA in recurrent_step.cpp and for AVX-512 in recurrent_avx512.cpp. Each defines
-// RQ_BODY_NS and RQ_STAGES (recurrent_stages_portable.h / recurrent_stages_avx512.h).
+// The recurrent (decode) loop per (sequence, head), compiled once per ISA like chunk_body.h: for
+// the baseline ISA in recurrent_step.cpp, for AVX2 in recurrent_avx2.cpp and for AVX-512 in
+// recurrent_avx512.cpp. Each defines RQ_BODY_NS and RQ_STAGES (recurrent_stages_portable.h /
+// recurrent_stages_avx2.h / recurrent_stages_avx512.h).
 //
 // Per token (retquant/spec/int_recurrent.py): q (scaled), k, v quantized per token;
 // S = S * gamma + float(k_int v_int) * (s_k s_v) (float32 state, exact int product); S's copy for
 // q . S quantized per column; o = (float(q_int . S_int) * s_q) * s_S[v].
 // Two passes over the K x V state per token: the update (writing the state straight into
-// final_state and taking its column amax) and the quantized q . S.
+// final_state and taking its column amax) and the quantized q . S (interleaved per block of
+// columns where the stages allow, so the second pass reads from L1).
 
 namespace retquant {
 namespace RQ_BODY_NS {
 
 #include "quant.h"
 #include RQ_STAGES
+
+#ifndef RQ_STAGES_FUSE_UPDATE_DOT
+// The state update over all of S, then q . S (the stage headers that interleave the two per
+// block of columns define update_and_dot themselves and RQ_STAGES_FUSE_UPDATE_DOT).
+static inline bool update_and_dot(const float* src, float* S, int K, int V, float g,
+                                  const int32_t* ki, const float* vf, float skv, float* amax,
+                                  bool check, float* sS, const int32_t* qi, int32_t* acc) {
+  const bool ok = update_state(src, S, K, V, g, ki, vf, skv, amax, check);
+  state_dot(S, K, V, amax, sS, qi, acc);
+  return ok;
+}
+#endif
 
 // Returns kOutOfMemory when scratch allocation fails, else the non-finite input flags.
 static int run_tasks(const RecurrentParams& p, int64_t begin, int64_t end) {
@@ -45,9 +59,9 @@ static int run_tasks(const RecurrentParams& p, int64_t begin, int64_t end) {
       // The initial state (user input, possibly S itself when updated in place) is checked
       // while the first token reads it; later states are this kernel's own.
       const bool first = t == p.offsets[n];
-      if (!update_state(src, S, K, V, g, ki, vf, sk * sv, amax, first)) bad |= kNonFiniteState;
+      if (!update_and_dot(src, S, K, V, g, ki, vf, sk * sv, amax, first, sS, qi, acc))
+        bad |= kNonFiniteState;
       src = S;
-      state_dot(S, K, V, amax, sS, qi, acc);
       float* o = p.out + (t * H + h) * V;
       for (int v = 0; v < V; ++v) o[v] = (static_cast<float>(acc[v]) * sq) * sS[v];
     }

@@ -1,12 +1,14 @@
 // Quantized recurrent retention (decode), per retquant/spec/int_recurrent.py: the
 // (sequence, head) grid over torch's threads; the loop body is recurrent_body.h, compiled here
-// for the baseline ISA and in recurrent_avx512.cpp for AVX-512 (chosen through CPUID).
+// for the baseline ISA, in recurrent_avx2.cpp for AVX2 and in recurrent_avx512.cpp for AVX-512
+// (p.isa, a kIsa* code of cpu_isa.h checked against CPUID by the caller).
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 
 #include "chunk_retention.h"
+#include "cpu_isa.h"
 #include "gemm.h"
 #include "parallel_tasks.h"
 #include "token_check.h"
@@ -19,16 +21,17 @@
 
 namespace retquant {
 
+int recurrent_tasks_avx2(const RecurrentParams& p, int64_t begin, int64_t end);
 int recurrent_tasks_avx512(const RecurrentParams& p, int64_t begin, int64_t end);
 
 int recurrent_retention_cpu(const RecurrentParams& p) {
-  static const bool avx512 = cpu_has_avx512_vnni();
   // Rejected tokens: return before any state is written (the state may be updated in place).
   const int bad_tokens = scan_recurrent_tokens(p);
   if (bad_tokens != 0) return bad_tokens;
-  return run_task_grid(p.N * p.H, "recurrent", [&p](int64_t begin, int64_t end) {
-    return (avx512 && p.use_avx512) ? recurrent_tasks_avx512(p, begin, end)
-                                    : rec_portable::run_tasks(p, begin, end);
+  auto* tasks = p.isa == kIsaAvx512 ? recurrent_tasks_avx512
+                : (p.isa == kIsaAvx2 ? recurrent_tasks_avx2 : rec_portable::run_tasks);
+  return run_task_grid(p.N * p.H, "recurrent", [&p, tasks](int64_t begin, int64_t end) {
+    return tasks(p, begin, end);
   });
 }
 

@@ -1,3 +1,5 @@
+import sys
+
 import pytest
 import torch
 
@@ -26,3 +28,14 @@ def assert_close(name, out, ref, rel, cos=None):
     assert r.rel_l2 <= rel, msg
     if cos is not None:
         assert r.cosine >= cos, msg
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One line naming the CPU kernel ISAs the bit-exactness tests ran and skipped (an ISA the
+    machine lacks is skipped, not failed: this line shows what a green run covered)."""
+    mod = sys.modules.get("tests.test_cpu_backend") or sys.modules.get("test_cpu_backend")
+    if mod is None or not (mod.ISA_RAN or mod.ISA_SKIPPED):
+        return
+    ran = ", ".join(i for i in mod.ISAS if i in mod.ISA_RAN) or "none"
+    skipped = ", ".join(i for i in mod.ISAS if i in mod.ISA_SKIPPED - mod.ISA_RAN) or "none"
+    terminalreporter.write_line(f"CPU kernel ISAs tested: {ran}; skipped (not on this CPU): {skipped}")

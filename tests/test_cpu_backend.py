@@ -21,13 +21,17 @@ from retquant.validate import validate_call
 _ERR = cpu_extension.load_error()
 pytestmark = pytest.mark.skipif(_ERR is not None, reason=f"CPU extension unavailable: {_ERR}")
 
-ISAS = ["portable", "vnni"]
+ISAS = list(cpu_extension.ISA_CODES)  # portable, avx2, avx512: every one this CPU can run
+ISA_RAN: set[str] = set()  # reported by conftest.py's summary line
+ISA_SKIPPED: set[str] = set()
 
 
 @pytest.fixture(params=ISAS)
 def isa(request, monkeypatch):
-    if request.param == "vnni" and not torch.ops.retquant.has_vnni():
-        pytest.skip("this CPU has no AVX-512 VNNI")
+    if request.param not in cpu_extension.cpu_isas():
+        ISA_SKIPPED.add(request.param)
+        pytest.skip(f"this CPU cannot run the {request.param} kernels")
+    ISA_RAN.add(request.param)
     monkeypatch.setenv(cpu_extension.ISA_ENV, request.param)
     return request.param
 
@@ -51,6 +55,7 @@ SHAPES = [
     (2, 5, 2, 128, 128, False, None),
     (1, 130, 2, 17, 1000, True, None),  # K, V not multiples of 4 / 16, wide V
     (1, 70, 1, 256, 8, False, None),
+    (2, 100, 2, 40, 72, True, [-0.05, -3.0]),  # K, V not multiples of 16 / 32 (AVX2 lanes: 8)
 ]
 
 
@@ -76,7 +81,7 @@ def test_chunk_matches_integer_spec(shape, isa):
     assert torch.equal(kv.long(), tr.acc_kv)
 
 
-@pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[5]], ids=lambda s: "x".join(map(str, s[:5])))
+@pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[5], SHAPES[7]], ids=lambda s: "x".join(map(str, s[:5])))
 def test_chunk_bf16_io_matches_integer_spec(shape, isa):
     # bfloat16 q, k, v are read as such (exactly their float32 values) and o is written in
     # bfloat16, rounded to nearest even like torch's .to(bfloat16) of the float32 output
@@ -123,12 +128,34 @@ def test_recurrent_matches_spec(varlen, isa):
         q, k, v, _ = _inputs(1, 40, 3, 100, 64, seed=2)
         cu = torch.tensor([0, 3, 20, 40])
         s = torch.randn(3, 3, 100, 64)
-    else:
-        q, k, v, s = _inputs(2, 17, 3, 100, 64, seed=2, init=True)
+    else:  # V = 72: a column block of 32 plus a partial one of 8 lanes (AVX2)
+        q, k, v, s = _inputs(2, 17, 3, 100, 72, seed=2, init=True)
         cu = None
     kw = dict(initial_state=s, output_final_state=True, cu_seqlens=cu, quant="int8")
     o_ref, f_ref = fused_recurrent_retention(q, k, v, backend="reference", **kw)
     o, f = fused_recurrent_retention(q, k, v, backend="cpu", **kw)
+    assert torch.equal(o, o_ref) and torch.equal(f, f_ref)
+
+
+def _ties(B, T, H, D, seed):
+    """Tokens whose codes are exact half-integer ties: every row and column holds 3 * 127 (so
+    its scale is 3 exactly, whose reciprocal is inexact) and otherwise values 3 (n + 0.5), so
+    x / s = n + 0.5 exactly, which rounds half to even, while x * fl(1/3) falls just below it."""
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randint(-127, 127, (B, T, H, D), generator=g).float() + 0.5) * 3.0
+    x[:, :, :, 0] = 3.0 * 127
+    x[:, 0] = 3.0 * 127
+    return x
+
+
+@pytest.mark.parametrize("op", [chunk_retention, fused_recurrent_retention], ids=["chunk", "recurrent"])
+def test_half_integer_ties_match_spec(op, isa):
+    # x / s exactly halfway between two codes: the SIMD paths' reciprocal shortcut must hand these
+    # to the true division (csrc/quant_avx2.h codes8), and every path rounds them half to even.
+    q, k, v = _ties(2, 70, 2, 40, 1), _ties(2, 70, 2, 40, 2), _ties(2, 70, 2, 72, 3)
+    kw = dict(scale=1.0, output_final_state=True, quant="int8")
+    o_ref, f_ref = op(q, k, v, backend="reference", **kw)
+    o, f = op(q, k, v, backend="cpu", **kw)
     assert torch.equal(o, o_ref) and torch.equal(f, f_ref)
 
 
@@ -140,13 +167,13 @@ def test_outputs_fully_written(isa):
     out = torch.full((198, 2, 72), float("nan"))
     fin = torch.full((2, 2, 100, 72), float("nan"))
     tokens = (cpu._tokens(q), cpu._tokens(k), cpu._tokens(v))
-    args = cpu_ops.chunk_args(*tokens, off, call.scale, call.g_gamma, None, isa == "vnni")
+    args = cpu_ops.chunk_args(*tokens, off, call.scale, call.g_gamma, None, cpu_extension.isa_code(isa))
     torch.ops.retquant.chunk_fwd(*args, out, fin)
     assert torch.isfinite(out).all() and torch.isfinite(fin).all()
     out_bf = torch.full((198, 2, 72), float("nan"), dtype=torch.bfloat16)
     fin.fill_(float("nan"))
     bf_tokens = tuple(x.to(torch.bfloat16) for x in tokens)
-    args = cpu_ops.chunk_args(*bf_tokens, off, call.scale, call.g_gamma, None, isa == "vnni")
+    args = cpu_ops.chunk_args(*bf_tokens, off, call.scale, call.g_gamma, None, cpu_extension.isa_code(isa))
     torch.ops.retquant.chunk_fwd(*args, out_bf, fin)
     assert torch.isfinite(out_bf).all() and torch.isfinite(fin).all()
     gamma = torch.exp(call.g_gamma).float()
@@ -162,7 +189,7 @@ def test_outputs_fully_written(isa):
         None,
         out,
         fin,
-        isa == "vnni",
+        cpu_extension.isa_code(isa),
     )
     assert torch.isfinite(out).all() and torch.isfinite(fin).all()
 
@@ -185,7 +212,7 @@ def test_bad_inputs_raise_before_the_kernel():
             None,
             torch.empty(10, 2, 32),
             torch.empty(1, 2, 32, 32),
-            False,
+            0,
         )
 
 
@@ -241,11 +268,40 @@ def test_unsupported_calls_have_reasons():
 
 
 def test_isa_env_var(monkeypatch):
+    have = cpu_extension.cpu_isas()
+    assert have[0] == "portable"
+    monkeypatch.setenv(cpu_extension.ISA_ENV, "auto")
+    assert cpu_extension.isa() == have[-1]  # the best this CPU has
     monkeypatch.setenv(cpu_extension.ISA_ENV, "portable")
-    assert cpu_extension.use_vnni() is False
+    assert cpu_extension.isa() == "portable" and cpu_extension.isa_code() == 0
+    monkeypatch.setenv(cpu_extension.ISA_ENV, "vnni")  # the old name of avx512
+    if "avx512" in have:
+        assert cpu_extension.isa() == "avx512"
+    else:
+        with pytest.raises(RuntimeError, match="RETQUANT_CPU_ISA=vnni"):
+            cpu_extension.isa()
     monkeypatch.setenv(cpu_extension.ISA_ENV, "avx9000")
     with pytest.raises(ValueError, match="RETQUANT_CPU_ISA"):
-        cpu_extension.use_vnni()
+        cpu_extension.isa()
+
+
+@pytest.mark.parametrize("name", ["avx2", "avx512"])
+def test_forcing_a_missing_isa_raises(name, monkeypatch):
+    if name in cpu_extension.cpu_isas():
+        pytest.skip(f"this CPU can run the {name} kernels")
+    monkeypatch.setenv(cpu_extension.ISA_ENV, name)
+    q, k, v, _ = _inputs(1, 10, 2, 32, 32)
+    with pytest.raises(RuntimeError, match=f"{cpu_extension.ISA_ENV}={name}"):
+        chunk_retention(q, k, v, quant="int8", backend="cpu")
+    # the raw ops check the code against CPUID too
+    call = validate_call(q, k, v, quant="int8")
+    tokens = (cpu._tokens(q), cpu._tokens(k), cpu._tokens(v))
+    args = cpu_ops.chunk_args(*tokens, torch.tensor([0, 10]), call.scale, call.g_gamma, None, 9)
+    with pytest.raises(RuntimeError, match="isa must be"):
+        torch.ops.retquant.chunk_fwd(*args, torch.empty(10, 2, 32), torch.empty(1, 2, 32, 32))
+    code = cpu_extension.ISA_CODES[name]
+    with pytest.raises(RuntimeError, match=f"cannot run the {name} kernels"):
+        torch.ops.retquant.gemm_seconds(4, 16, 4, 1, code)
 
 
 _NO_COMPILER = """

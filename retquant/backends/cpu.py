@@ -1,4 +1,4 @@
-"""The ``cpu`` backend: the C++/OpenMP kernels for CPU tensors.
+"""The ``cpu`` backend: the C++/OpenMP kernels (AVX-512, AVX2 or portable) for CPU tensors.
 
 Runs ``chunk`` and ``fused_recurrent`` with the default int8 configuration (the int8 kernels),
 and every form of the float path (``quant=None``: the fused float chunk kernel of
@@ -58,14 +58,15 @@ def _init(call: RetentionCall) -> torch.Tensor | None:
     return None if s is None else s.detach().to(torch.float32).contiguous()
 
 
-def chunk_raw(call: RetentionCall, use_vnni: bool | None = None, debug_chunks: int = 0):
+def chunk_raw(call: RetentionCall, isa: str | None = None, debug_chunks: int = 0):
     """Run the chunk kernel on ``call``: ``(o f32 [B*T, H, V], final f32 [N, H, K, V])``, or with
-    ``debug_chunks > 0`` (tests; ISA from ``use_vnni``) also the four int32 accumulators."""
+    ``debug_chunks > 0`` (tests) also the four int32 accumulators, on ``isa`` (a name of
+    :data:`cpu_extension.ISA_CODES`; default ``RETQUANT_CPU_ISA``)."""
     q, k, v = (_tokens(x, keep_bf16=True) for x in (call.q, call.k, call.v))
     args = (q, k, v, _offsets(call), call.scale, call.g_gamma, _init(call))
     if debug_chunks:
-        vnni = cpu_extension.use_vnni() if use_vnni is None else use_vnni
-        return cpu_extension.ops().chunk_fwd_debug(*cpu_ops.chunk_args(*args, vnni), debug_chunks)
+        code = cpu_extension.isa_code(isa)
+        return cpu_extension.ops().chunk_fwd_debug(*cpu_ops.chunk_args(*args, code), debug_chunks)
     return cpu_ops.chunk(*args)
 
 

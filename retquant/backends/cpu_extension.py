@@ -7,9 +7,11 @@ missing compiler or a failed build is not raised: :func:`load_error` returns the
 the ``cpu`` backend reports as its reason to decline (``auto`` then warns once with it and runs
 the reference; ``backend="cpu"`` raises it).
 
-Environment: ``RETQUANT_CPU_ISA`` = ``auto`` (default: AVX-512 VNNI when CPUID has it) or
-``portable`` (the baseline-ISA build with the plain C++ integer GEMM) or ``vnni`` (required),
-read at each call.
+Environment: ``RETQUANT_CPU_ISA`` picks the kernels' instruction set, read at each call:
+``auto`` (default: the best the CPU has), ``avx512`` (AVX-512 F/BW/VL + VNNI, ``vpdpbusd``;
+``vnni`` is accepted as an alias), ``avx2`` (AVX2 + FMA, the sign-trick int8 GEMM) or
+``portable`` (plain C++ built for the baseline ISA). Forcing one the CPU lacks raises a
+``RuntimeError``; :func:`isa` names the one in use, :func:`cpu_isas` those the CPU can run.
 """
 
 from __future__ import annotations
@@ -23,15 +25,22 @@ from importlib import resources
 import torch
 
 ISA_ENV = "RETQUANT_CPU_ISA"
-ISA_CHOICES = ("auto", "portable", "vnni")
+# The kernels' ISA codes, as csrc/cpu_isa.h numbers them (the ops take the int), slowest first.
+ISA_CODES = {"portable": 0, "avx2": 1, "avx512": 2}
+ISA_ALIASES = {"vnni": "avx512"}  # the name before AVX2 existed, kept for compatibility
+ISA_CHOICES = ("auto", *ISA_CODES, *ISA_ALIASES)
 SOURCES = (
     "ops.cpp",
+    "cpu_isa.cpp",
     "chunk_retention.cpp",
     "chunk_portable.cpp",
+    "chunk_avx2.cpp",
     "chunk_avx512.cpp",
     "recurrent_step.cpp",
+    "recurrent_avx2.cpp",
     "recurrent_avx512.cpp",
     "gemm_portable.cpp",
+    "gemm_avx2.cpp",
     "gemm_vnni.cpp",
     "output_alloc.cpp",
     "quantize_rows.cpp",
@@ -41,7 +50,20 @@ SOURCES = (
     "float_chunk_avx2.cpp",
     "float_chunk_avx512.cpp",
 )
-CFLAGS = ["-O3", "-g", "-std=c++17", "-fopenmp", "-ffp-contract=off", "-fno-fast-math"]
+# -ffp-contract=off and no fast-math: every float32 operation rounds once, as in the spec.
+# -fno-trapping-math only lets GCC assume no code reads floating-point exception flags, so it may
+# evaluate both compares of a clamp unconditionally (if-conversion): that is what vectorizes the
+# portable path's quantization loops at the baseline ISA ("control flow in loop" otherwise). It
+# changes no value: no reassociation, no contraction, NaN and signed zeros still honoured.
+CFLAGS = [
+    "-O3",
+    "-g",
+    "-std=c++17",
+    "-fopenmp",
+    "-ffp-contract=off",
+    "-fno-fast-math",
+    "-fno-trapping-math",
+]
 
 _lock = threading.Lock()
 _state: dict[str, object] = {}
@@ -111,14 +133,40 @@ def ops():
     return torch.ops.retquant
 
 
-def use_vnni() -> bool:
-    """Whether the next kernel call takes the AVX-512 VNNI path (``RETQUANT_CPU_ISA``)."""
-    isa = os.environ.get(ISA_ENV, "auto") or "auto"
-    if isa not in ISA_CHOICES:
-        raise ValueError(f"{ISA_ENV} must be one of {ISA_CHOICES}, got {isa!r}")
-    if "vnni" not in _state:  # the CPU does not change: ask CPUID once
-        _state["vnni"] = bool(ops().has_vnni())
-    has = _state["vnni"]
-    if isa == "vnni" and not has:
-        raise RuntimeError(f"{ISA_ENV}=vnni but this CPU has no AVX-512 VNNI")
-    return has and isa != "portable"
+def cpu_isas() -> tuple[str, ...]:
+    """The kernel ISAs this CPU can run (CPUID, asked once), slowest first, e.g.
+    ``("portable", "avx2")`` on an AVX2-only machine."""
+    if "isas" not in _state:  # the CPU does not change
+        o = ops()
+        has = {"portable": True, "avx2": bool(o.has_avx2()), "avx512": bool(o.has_vnni())}
+        _state["isas"] = tuple(name for name in ISA_CODES if has[name])
+    return _state["isas"]  # type: ignore[return-value]
+
+
+def requested_isa() -> str:
+    """``RETQUANT_CPU_ISA`` as a canonical name (``auto``, ``portable``, ``avx2``, ``avx512``),
+    read at each call; ``ValueError`` for an unknown name. Every kernel family (int8, float,
+    quantize) resolves ``auto`` and checks the CPU itself."""
+    want = os.environ.get(ISA_ENV, "auto") or "auto"
+    if want not in ISA_CHOICES:
+        raise ValueError(f"{ISA_ENV} must be one of {ISA_CHOICES}, got {want!r}")
+    return ISA_ALIASES.get(want, want)
+
+
+def isa() -> str:
+    """The ISA the next int8 kernel call runs (``RETQUANT_CPU_ISA``): ``portable``, ``avx2`` or
+    ``avx512``. Raises ``ValueError`` for an unknown name and ``RuntimeError`` when the variable
+    forces an ISA this CPU lacks (never a silent fallback)."""
+    name = requested_isa()
+    have = cpu_isas()
+    if name == "auto":
+        return have[-1]
+    want = os.environ.get(ISA_ENV)
+    if name not in have:
+        raise RuntimeError(f"{ISA_ENV}={want} but this CPU cannot run it (it has: {', '.join(have)})")
+    return name
+
+
+def isa_code(name: str | None = None) -> int:
+    """The ``isa`` argument of the ``retquant::*`` ops for ``name`` (default: :func:`isa`)."""
+    return ISA_CODES[isa() if name is None else ISA_ALIASES.get(name, name)]

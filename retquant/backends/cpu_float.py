@@ -24,15 +24,12 @@ Example:
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from retquant.backends import cpu_extension, cpu_ops
 from retquant.validate import RetentionCall
 
-ISA_LEVELS = {"portable": 0, "avx2": 1, "avx512": 2, "vnni": 2}  # kFloatIsa* of csrc/float_chunk.h
-ISA_NAMES = ("portable", "avx2", "avx512")
+ISA_NAMES = ("portable", "avx2", "avx512")  # kFloatIsa* of csrc/float_chunk.h, by code
 KERNEL_DTYPES = (torch.float32, torch.bfloat16)  # read and written by the kernel as they are
 SUPPORTED_DTYPES = (*KERNEL_DTYPES, torch.float16)  # float16: through float32
 
@@ -48,21 +45,19 @@ def best_isa() -> str:
 
 
 def isa_level() -> int:
-    """The ``isa`` argument of ``retquant::float_chunk_fwd`` for ``RETQUANT_CPU_ISA``.
+    """The ``isa`` argument of ``retquant::float_chunk_fwd`` for ``RETQUANT_CPU_ISA``
+    (:func:`retquant.backends.cpu_extension.requested_isa`); forcing an ISA the float kernel
+    cannot run on this CPU is a ``RuntimeError``.
 
     Example:
         >>> isa_level() in (0, 1, 2)
         True
     """
-    name = os.environ.get(cpu_extension.ISA_ENV, "auto") or "auto"
+    name = cpu_extension.requested_isa()
     best = ISA_NAMES.index(best_isa())
     if name == "auto":
         return best
-    if name not in ISA_LEVELS:
-        raise ValueError(
-            f"{cpu_extension.ISA_ENV} must be one of auto, {', '.join(ISA_LEVELS)}; got {name!r}"
-        )
-    level = ISA_LEVELS[name]
+    level = ISA_NAMES.index(name)
     if level > best:
         raise RuntimeError(
             f"{cpu_extension.ISA_ENV}={name} but this CPU's widest float-kernel ISA is {ISA_NAMES[best]}"

@@ -98,11 +98,12 @@ def last_chunk_lengths(offsets: torch.Tensor, chunk_size: int = CHUNK_SIZE) -> s
     return {(n - 1) % chunk_size + 1 for n in lens}
 
 
-def chunk_args(q, k, v, offsets, scale, g_gamma, initial_state, use_vnni) -> tuple:
-    """Arguments of ``retquant::chunk_fwd`` / ``chunk_fwd_debug`` up to ``use_vnni``."""
+def chunk_args(q, k, v, offsets, scale, g_gamma, initial_state, isa: int) -> tuple:
+    """Arguments of ``retquant::chunk_fwd`` / ``chunk_fwd_debug`` up to ``isa`` (an ISA code,
+    :func:`retquant.backends.cpu_extension.isa_code`)."""
     t = decay_tables(g_gamma, last_chunk_lengths(offsets))
     tables = (t["row"], t["col"], t["mask"], t["inter"], t["kdec"], t["chunk"], t["fused"])
-    return (q, k, v, offsets, scale, *tables, initial_state, use_vnni)
+    return (q, k, v, offsets, scale, *tables, initial_state, isa)
 
 
 OUTPUT_CACHE_ENV = "RETQUANT_OUTPUT_CACHE_MB"
@@ -158,7 +159,7 @@ def chunk_int8(
     # from freed outputs: a fresh one page-faults (csrc/output_alloc.cpp)
     out = ops.empty_cached(list(out_shape), q.dtype)
     final = ops.empty_cached(list(state_shape), torch.float32)
-    args = chunk_args(q, k, v, offsets, scale, g_gamma, initial_state, cpu_extension.use_vnni())
+    args = chunk_args(q, k, v, offsets, scale, g_gamma, initial_state, cpu_extension.isa_code())
     raise_nonfinite(ops.chunk_fwd(*args, out, final))
     return out, final
 
@@ -178,7 +179,7 @@ def recurrent_int8(
     final = ops.empty_cached(list(state_shape), torch.float32)
     gamma = decay_tables(g_gamma, ())["gamma"]
     status = ops.recurrent_fwd(
-        q, k, v, offsets, scale, gamma, initial_state, out, final, cpu_extension.use_vnni()
+        q, k, v, offsets, scale, gamma, initial_state, out, final, cpu_extension.isa_code()
     )
     if status:
         raise_recurrent_status(status, initial_state)

@@ -68,7 +68,7 @@ class RetentionDecoder:
         self._kernel = self._impl is cpu.fused_recurrent
         if self._kernel:  # everything a step needs besides the tokens, resolved once
             self._ops = cpu_extension.ops()
-            self._vnni = cpu_extension.use_vnni()  # RETQUANT_CPU_ISA as at construction
+            self._isa = cpu_extension.isa_code()  # RETQUANT_CPU_ISA as at construction
             self._offsets = torch.arange(B + 1, dtype=torch.int64)
             self._gamma = cpu_ops.decay_tables(self.g_gamma, ())["gamma"]
 
@@ -133,7 +133,7 @@ class RetentionDecoder:
         ]
         out = torch.empty(self.shape[0], self.shape[1], self.shape[3])
         status = self._ops.recurrent_fwd(
-            *tokens, self._offsets, self.scale, self._gamma, self.state, out, self.state, self._vnni
+            *tokens, self._offsets, self.scale, self._gamma, self.state, out, self.state, self._isa
         )
         if status:
             cpu_ops.raise_recurrent_status(status, self.state)

@@ -1,0 +1,115 @@
+// The per-token stages of the decode kernel with AVX2 intrinsics: the float32 operations of
+// recurrent_stages_portable.h in the same order, 8 lanes at a time. The K x V state is walked
+// in blocks of kBlock vectors of columns so that the column amax and the q . S accumulators stay
+// in registers; the finiteness probe is an or of lane compares (no serial add chain).
+
+#include "quant_avx2.h"
+
+constexpr int kBlock = 4;
+constexpr int kAhead = 8;  // rows prefetched ahead in the state update
+
+static inline bool quant_token(const float* x, float mul, bool scaled, int n, float* tmp,
+                               int32_t* codes, float* scale) {
+  __m256 m = _mm256_setzero_ps(), bad = _mm256_setzero_ps();
+  const __m256 vm = _mm256_set1_ps(mul);
+  for (int i = 0; i < n; i += 8) {
+    __m256 xi = load8(x + i, n - i);
+    bad = _mm256_or_ps(bad, nonfinite8(abs8(xi)));
+    if (scaled) xi = _mm256_mul_ps(xi, vm);
+    _mm256_storeu_ps(tmp + i, xi);
+    m = _mm256_max_ps(m, abs8(xi));
+  }
+  const float s = scale_from_amax(hmax8(m));
+  const Divisor8 d = divisor8(_mm256_set1_ps(s));
+  for (int i = 0; i < n; i += 8)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(codes + i), codes8(_mm256_loadu_ps(tmp + i), d));
+  *scale = s;
+  return !any8(bad);
+}
+
+// Columns [v0, v0 + 8 NV) of the state update (lanes past V stay 0); returns the lanes where
+// src held inf or NaN (checked only when src is the caller's initial state).
+template <int NV, bool kCheck>
+static inline __m256 update_block(const float* src, float* S, int K, int V, int v0, float g,
+                                  const int32_t* ki, const float* vf, float skv, float* amax) {
+  __m256 am[NV], vfv[NV], bad = _mm256_setzero_ps();
+  int left[NV];
+  for (int j = 0; j < NV; ++j) {
+    am[j] = _mm256_setzero_ps();
+    vfv[j] = _mm256_loadu_ps(vf + v0 + 8 * j);
+    left[j] = V - v0 - 8 * j;
+  }
+  const __m256 vg = _mm256_set1_ps(g), vskv = _mm256_set1_ps(skv);
+  for (int k = 0; k < K; ++k) {
+    const __m256 kc = _mm256_set1_ps(static_cast<float>(ki[k]));
+    float* row = S + static_cast<int64_t>(k) * V + v0;
+    const float* old_row = src + static_cast<int64_t>(k) * V + v0;
+    // The block's rows are V floats apart (a stride the L2 streamer ramps up on slowly): fetch
+    // the ones kAhead rows on while this one computes.
+    if (src != nullptr && k + kAhead < K)
+      for (int j = 0; j < NV; j += 2)
+        _mm_prefetch(reinterpret_cast<const char*>(old_row + kAhead * V + 8 * j), _MM_HINT_T0);
+    for (int j = 0; j < NV; ++j) {
+      const __m256 old = src != nullptr ? load8(old_row + 8 * j, left[j]) : _mm256_setzero_ps();
+      if (kCheck) bad = _mm256_or_ps(bad, at_least8(abs8(old), kMaxStateAbs));  // inf/NaN or out of range
+      const __m256 upd = _mm256_mul_ps(_mm256_mul_ps(kc, vfv[j]), vskv);
+      const __m256 sn = _mm256_add_ps(_mm256_mul_ps(old, vg), upd);
+      if (left[j] >= 8) {
+        _mm256_storeu_ps(row + 8 * j, sn);
+      } else {
+        _mm256_maskstore_ps(row + 8 * j, lanes8(left[j]), sn);
+      }
+      am[j] = _mm256_max_ps(am[j], abs8(sn));
+    }
+  }
+  for (int j = 0; j < NV; ++j) _mm256_storeu_ps(amax + v0 + 8 * j, am[j]);
+  return bad;
+}
+
+// acc over columns [v0, v0 + 8 NV): S's codes per column (scales into sS) times q's codes.
+template <int NV>
+static inline void dot_block(const float* S, int K, int V, int v0, const float* amax, float* sS,
+                             const int32_t* qi, int32_t* acc) {
+  Divisor8 d[NV];
+  __m256i ac[NV];
+  int left[NV];
+  for (int j = 0; j < NV; ++j) {
+    left[j] = V - v0 - 8 * j;
+    const __m256 sc = vscale8(_mm256_loadu_ps(amax + v0 + 8 * j));
+    _mm256_storeu_ps(sS + v0 + 8 * j, sc);
+    d[j] = divisor8(sc);
+    ac[j] = _mm256_setzero_si256();
+  }
+  for (int k = 0; k < K; ++k) {
+    const __m256i qk = _mm256_set1_epi32(qi[k]);
+    const float* row = S + static_cast<int64_t>(k) * V + v0;
+    for (int j = 0; j < NV; ++j) {
+      const __m256i c = codes8(load8(row + 8 * j, left[j]), d[j]);
+      ac[j] = _mm256_add_epi32(ac[j], _mm256_mullo_epi32(c, qk));
+    }
+  }
+  for (int j = 0; j < NV; ++j) _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + v0 + 8 * j), ac[j]);
+}
+
+#define RQ_STAGES_FUSE_UPDATE_DOT 1
+
+// The state update and q . S, one block of columns at a time: the block's 4 KiB-per-K rows the
+// update has just written are still in L1 when the dot reads them back.
+static inline bool update_and_dot(const float* src, float* S, int K, int V, float g,
+                                  const int32_t* ki, const float* vf, float skv, float* amax,
+                                  bool check, float* sS, const int32_t* qi, int32_t* acc) {
+  __m256 bad = _mm256_setzero_ps();
+  const bool chk = check && src != nullptr;
+  int v0 = 0;
+  for (; v0 + 8 * kBlock <= V; v0 += 8 * kBlock) {
+    bad = _mm256_or_ps(bad, chk ? update_block<kBlock, true>(src, S, K, V, v0, g, ki, vf, skv, amax)
+                                : update_block<kBlock, false>(src, S, K, V, v0, g, ki, vf, skv, amax));
+    dot_block<kBlock>(S, K, V, v0, amax, sS, qi, acc);
+  }
+  for (; v0 < V; v0 += 8) {
+    bad = _mm256_or_ps(bad, chk ? update_block<1, true>(src, S, K, V, v0, g, ki, vf, skv, amax)
+                                : update_block<1, false>(src, S, K, V, v0, g, ki, vf, skv, amax));
+    dot_block<1>(S, K, V, v0, amax, sS, qi, acc);
+  }
+  return !any8(bad);
+}
