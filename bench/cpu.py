@@ -20,80 +20,23 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
-import time
 
 import torch
 
+from bench import float_cpu
+from bench.cpu_peers import (
+    C,
+    _split,
+    cpu_name,
+    median_time,
+    torch_chunk_retention,
+    torch_chunk_retention_blocked,
+)
 from retquant.backends import cpu, cpu_extension
 from retquant.decay import default_g_gamma
 from retquant.metrics import compare
 from retquant.ops import RetentionDecoder, chunk_retention, fused_recurrent_retention
 from retquant.validate import validate_call
-
-C = 64
-
-
-def median_time(fn, repeats: int, warmup: int = 1) -> float:
-    """Median wall time of ``fn()`` in seconds."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def _split(x: torch.Tensor, n: int) -> torch.Tensor:
-    """[B, T, H, D] -> [B, H, n, C, D] (zero padded), contiguous."""
-    B, T, H, D = x.shape
-    xh = x.transpose(1, 2)
-    if n * C != T:
-        xh = torch.nn.functional.pad(xh, (0, 0, 0, n * C - T))
-    return xh.reshape(B, H, n, C, D).contiguous()
-
-
-def torch_chunk_retention(q, k, v, g_gamma, scale):
-    """Plain-PyTorch chunkwise retention in q's dtype (what a user would write, made fast):
-    intra-chunk products and state updates batched over all chunks, a loop of n cheap
-    ``S = g^C S + dS_i`` steps, then one batched ``Q S`` with the row decay."""
-    B, T, H, K = q.shape
-    V = v.shape[-1]
-    dt = q.dtype
-    n = -(-T // C)
-    qc, kc, vc = _split(q * scale, n), _split(k, n), _split(v, n)
-    j = torch.arange(C, dtype=torch.float64)
-    g = g_gamma.view(H, 1)
-    diff = j[:, None] - j[None, :]
-    mask = torch.where(diff >= 0, torch.exp(g[:, :, None] * diff.clamp(min=0)), 0.0)
-    mask = mask.to(dt).view(1, H, 1, C, C)
-    inter = torch.exp(g * (j + 1)).to(dt).view(1, H, 1, C, 1)
-    kdec = torch.exp(g * (C - 1 - j)).to(dt).view(1, H, 1, C, 1)
-    gC = torch.exp(g_gamma * C).to(dt).view(1, H, 1, 1)
-    o = (qc @ kc.transpose(-1, -2) * mask) @ vc
-    dS = (kc * kdec).transpose(-1, -2) @ vc  # [B, H, n, K, V]
-    states = torch.empty(B, H, n, K, V, dtype=dt)
-    S = torch.zeros(B, H, K, V, dtype=dt)
-    for i in range(n):
-        states[:, :, i] = S
-        S = torch.addcmul(dS[:, :, i], S, gC)
-    o += (qc * inter) @ states
-    return o.reshape(B, H, n * C, V)[:, :, :T].transpose(1, 2)
-
-
-def torch_chunk_retention_blocked(q, k, v, g_gamma, scale):
-    """:func:`torch_chunk_retention` one (batch, head) at a time, so that its intermediates
-    (scores, per-chunk states) stay in cache: 2-2.5x faster than the all-batched call at
-    B=4, H=8, T=4096 on this machine."""
-    B, T, H, _ = q.shape
-    out = torch.empty(B, T, H, v.shape[-1], dtype=q.dtype)
-    for b in range(B):
-        for h in range(H):
-            sl = (slice(b, b + 1), slice(None), slice(h, h + 1))
-            out[sl] = torch_chunk_retention(q[sl], k[sl], v[sl], g_gamma[h : h + 1], scale)
-    return out
 
 
 def _q8(x: torch.Tensor, dim: int):
@@ -219,7 +162,7 @@ def main(argv=None):
     scale = K**-0.5
     isa = cpu_extension.isa()
     print(
-        f"machine: {platform.processor() or platform.machine()}, {_cpu_name()}; "
+        f"machine: {platform.processor() or platform.machine()}, {cpu_name()}; "
         f"torch {torch.__version__}; threads={torch.get_num_threads()}; kernel ISA={isa} "
         f"(this CPU runs: {', '.join(cpu_extension.cpu_isas())})"
     )
@@ -297,8 +240,6 @@ def main(argv=None):
     _decode(B, H, K, V, gg, scale, gen, R)
     print()
 
-    from bench import float_cpu  # here, not at the top: float_cpu imports its peers from this module
-
     float_cpu.report(q, k, v, gg, scale, ref, R)
 
 
@@ -364,17 +305,6 @@ def _decode(B, H, K, V, gg, scale, gen, R):
         f"  speed-up over fp32: {t_f32 / t_op:.2f}x (kernel), {t_f32 / t_dec:.2f}x (RetentionDecoder), "
         f"{t_f32 / t_i8:.2f}x (fused_recurrent_retention)"
     )
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 if __name__ == "__main__":

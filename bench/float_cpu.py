@@ -16,7 +16,7 @@ import argparse
 
 import torch
 
-from bench.cpu import _cpu_name, median_time, torch_chunk_retention, torch_chunk_retention_blocked
+from bench.cpu_peers import cpu_name, median_time, torch_chunk_retention, torch_chunk_retention_blocked
 from retquant.backends import cpu_extension, cpu_float
 from retquant.decay import default_g_gamma
 from retquant.metrics import compare
@@ -76,7 +76,7 @@ def main(argv=None):
     k = torch.randn(B, T, H, K, generator=gen)
     v = torch.randn(B, T, H, V, generator=gen)
     gg = default_g_gamma(H)
-    print(f"machine: {_cpu_name()}; torch {torch.__version__}; threads={torch.get_num_threads()}")
+    print(f"machine: {cpu_name()}; torch {torch.__version__}; threads={torch.get_num_threads()}")
     print(f"shape: B={B} T={T} H={H} K={K} V={V} chunk=64; median of {args.repeats} runs\n")
     ref = chunk_retention(q.double(), k.double(), v.double(), g_gamma=gg, backend="reference")[0]
     report(q, k, v, gg, K**-0.5, ref, args.repeats)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.cpu import torch_chunk_retention, torch_chunk_retention_blocked
+from bench.cpu_peers import torch_chunk_retention, torch_chunk_retention_blocked
 from bench.fake_quant import fake_quant_chunk_retention
 from retquant.backends import torch_chunk
 from retquant.decay import default_g_gamma

@@ -1,0 +1,95 @@
+"""The plain-PyTorch CPU peers every CPU benchmark measures against, and shared timing helpers.
+
+``torch_chunk_retention`` is chunkwise retention written the way a user would (made fast: the
+intra-chunk products and state updates batched over all chunks); ``torch_chunk_retention_blocked``
+runs it one (batch, head) at a time, which keeps its intermediates in cache.
+
+Example:
+    >>> from retquant.decay import default_g_gamma
+    >>> q = k = v = torch.randn(1, 100, 2, 16)
+    >>> torch_chunk_retention(q, k, v, default_g_gamma(2), 0.25).shape
+    torch.Size([1, 100, 2, 16])
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+from retquant.constants import CHUNK_SIZE as C
+
+
+def median_time(fn, repeats: int, warmup: int = 1) -> float:
+    """Median wall time of ``fn()`` in seconds."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _split(x: torch.Tensor, n: int) -> torch.Tensor:
+    """[B, T, H, D] -> [B, H, n, C, D] (zero padded), contiguous."""
+    B, T, H, D = x.shape
+    xh = x.transpose(1, 2)
+    if n * C != T:
+        xh = torch.nn.functional.pad(xh, (0, 0, 0, n * C - T))
+    return xh.reshape(B, H, n, C, D).contiguous()
+
+
+def torch_chunk_retention(q, k, v, g_gamma, scale):
+    """Plain-PyTorch chunkwise retention in q's dtype (what a user would write, made fast):
+    intra-chunk products and state updates batched over all chunks, a loop of n cheap
+    ``S = g^C S + dS_i`` steps, then one batched ``Q S`` with the row decay."""
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    dt = q.dtype
+    n = -(-T // C)
+    qc, kc, vc = _split(q * scale, n), _split(k, n), _split(v, n)
+    j = torch.arange(C, dtype=torch.float64)
+    g = g_gamma.view(H, 1)
+    diff = j[:, None] - j[None, :]
+    mask = torch.where(diff >= 0, torch.exp(g[:, :, None] * diff.clamp(min=0)), 0.0)
+    mask = mask.to(dt).view(1, H, 1, C, C)
+    inter = torch.exp(g * (j + 1)).to(dt).view(1, H, 1, C, 1)
+    kdec = torch.exp(g * (C - 1 - j)).to(dt).view(1, H, 1, C, 1)
+    gC = torch.exp(g_gamma * C).to(dt).view(1, H, 1, 1)
+    o = (qc @ kc.transpose(-1, -2) * mask) @ vc
+    dS = (kc * kdec).transpose(-1, -2) @ vc  # [B, H, n, K, V]
+    states = torch.empty(B, H, n, K, V, dtype=dt)
+    S = torch.zeros(B, H, K, V, dtype=dt)
+    for i in range(n):
+        states[:, :, i] = S
+        S = torch.addcmul(dS[:, :, i], S, gC)
+    o += (qc * inter) @ states
+    return o.reshape(B, H, n * C, V)[:, :, :T].transpose(1, 2)
+
+
+def torch_chunk_retention_blocked(q, k, v, g_gamma, scale):
+    """:func:`torch_chunk_retention` one (batch, head) at a time, so that its intermediates
+    (scores, per-chunk states) stay in cache: 2-2.5x faster than the all-batched call at
+    B=4, H=8, T=4096 on this machine."""
+    B, T, H, _ = q.shape
+    out = torch.empty(B, T, H, v.shape[-1], dtype=q.dtype)
+    for b in range(B):
+        for h in range(H):
+            sl = (slice(b, b + 1), slice(None), slice(h, h + 1))
+            out[sl] = torch_chunk_retention(q[sl], k[sl], v[sl], g_gamma[h : h + 1], scale)
+    return out
+
+
+def cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
