@@ -18,7 +18,6 @@ against a float64 reference (``retquant.metrics.compare``).
 
 from __future__ import annotations
 
-import argparse
 import platform
 
 import torch
@@ -29,6 +28,7 @@ from bench.cpu_peers import (
     _split,
     cpu_name,
     median_time,
+    parse_shape_args,
     torch_chunk_retention,
     torch_chunk_retention_blocked,
 )
@@ -134,24 +134,7 @@ def decode_step_fp32(q, k, v, S, gamma, scale):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--B", type=int, default=4)
-    ap.add_argument("--T", type=int, default=4096)
-    ap.add_argument("--H", type=int, default=8)
-    ap.add_argument("--K", type=int, default=128)
-    ap.add_argument("--V", type=int, default=128)
-    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--quick", action="store_true", help="small shape B=2 T=512 H=4 (smoke run)")
-    args = ap.parse_args(argv)
-    if args.quick:
-        args.B, args.T, args.H = 2, 512, 4
-    if args.repeats < 1:
-        raise SystemExit("--repeats must be >= 1")
-    torch.set_num_threads(args.threads)
-    err = cpu_extension.load_error()
-    if err is not None:
-        raise SystemExit(f"the CPU extension is unavailable: {err}")
+    args = parse_shape_args(argv, __doc__)
     B, T, H, K, V = args.B, args.T, args.H, args.K, args.V
     R = args.repeats
     gen = torch.Generator().manual_seed(0)

@@ -13,11 +13,13 @@ Example:
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 
 import torch
 
+from retquant.backends import cpu_extension
 from retquant.constants import CHUNK_SIZE as C
 
 
@@ -93,3 +95,27 @@ def cpu_name() -> str:
     except OSError:
         pass
     return "unknown CPU"
+
+
+def parse_shape_args(argv, doc: str) -> argparse.Namespace:
+    """The CPU benchmarks' command line (shape, threads, repeats, --quick), applied: threads set,
+    the extension built (or a clear exit naming why not)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--B", type=int, default=4)
+    ap.add_argument("--T", type=int, default=4096)
+    ap.add_argument("--H", type=int, default=8)
+    ap.add_argument("--K", type=int, default=128)
+    ap.add_argument("--V", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--quick", action="store_true", help="small shape B=2 T=512 H=4 (smoke run)")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.B, args.T, args.H = 2, 512, 4
+    if args.repeats < 1:
+        raise SystemExit("--repeats must be >= 1")
+    torch.set_num_threads(args.threads)
+    err = cpu_extension.load_error()
+    if err is not None:
+        raise SystemExit(f"the CPU extension is unavailable: {err}")
+    return args

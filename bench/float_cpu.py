@@ -12,12 +12,16 @@ prints the same table after its int8 figures (:func:`report`).
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 
-from bench.cpu_peers import cpu_name, median_time, torch_chunk_retention, torch_chunk_retention_blocked
-from retquant.backends import cpu_extension, cpu_float
+from bench.cpu_peers import (
+    cpu_name,
+    median_time,
+    parse_shape_args,
+    torch_chunk_retention,
+    torch_chunk_retention_blocked,
+)
+from retquant.backends import cpu_float
 from retquant.decay import default_g_gamma
 from retquant.metrics import compare
 from retquant.ops import chunk_retention
@@ -52,24 +56,7 @@ def report(q, k, v, g_gamma, scale, ref, repeats: int) -> float:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--B", type=int, default=4)
-    ap.add_argument("--T", type=int, default=4096)
-    ap.add_argument("--H", type=int, default=8)
-    ap.add_argument("--K", type=int, default=128)
-    ap.add_argument("--V", type=int, default=128)
-    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--quick", action="store_true", help="small shape B=2 T=512 H=4 (smoke run)")
-    args = ap.parse_args(argv)
-    if args.quick:
-        args.B, args.T, args.H = 2, 512, 4
-    if args.repeats < 1:
-        raise SystemExit("--repeats must be >= 1")
-    torch.set_num_threads(args.threads)
-    err = cpu_extension.load_error()
-    if err is not None:
-        raise SystemExit(f"the CPU extension is unavailable: {err}")
+    args = parse_shape_args(argv, __doc__)
     B, T, H, K, V = args.B, args.T, args.H, args.K, args.V
     gen = torch.Generator().manual_seed(0)
     q = torch.randn(B, T, H, K, generator=gen)
