@@ -77,13 +77,19 @@ constexpr float kTieMargin = 1.0f / 4096.0f;
 // 0.5 - |t - rint(t)| is computed exactly: t - rint(t) is exact by Sterbenz' lemma), fl(x / s)
 // lies strictly between the same two half-integers and rounds to the same integer rint(t).
 // Otherwise (rare: about 2 * kTieMargin of random lanes) the vector takes the true division.
+// The test compares |t - n| with 0.5 - kTieMargin (exact) instead of forming the distance: for
+// |t - n| >= 0.25, 0.5 - |t - n| is exact (Sterbenz), so both forms decide alike.
+static inline __m256 rint8(__m256 t) {
+  return _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+static inline __m256 near_tie8(__m256 t, __m256 n) {
+  return _mm256_cmp_ps(abs8(_mm256_sub_ps(t, n)), _mm256_set1_ps(0.5f - kTieMargin), _CMP_GT_OQ);
+}
 static inline __m256i codes8(__m256 x, const Divisor8& d) {
   if (!d.in_range) return vcodes8(x, d.s);
   const __m256 t = _mm256_mul_ps(x, d.r);
-  const __m256 n = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m256 gap = _mm256_sub_ps(_mm256_set1_ps(0.5f), abs8(_mm256_sub_ps(t, n)));
-  if (_mm256_movemask_ps(_mm256_cmp_ps(gap, _mm256_set1_ps(kTieMargin), _CMP_LT_OQ)) != 0)
-    return vcodes8_in_range(x, d.s);
+  const __m256 n = rint8(t);
+  if (any8(near_tie8(t, n))) return vcodes8_in_range(x, d.s);
   return _mm256_cvtps_epi32(n);  // n is an integer: exact
 }
 

@@ -66,27 +66,53 @@ static inline __m256 update_block(const float* src, float* S, int K, int V, int 
   return bad;
 }
 
+// Rows of q . S summed in float32 before each flush to the int32 accumulators: the products of
+// codes (|c| <= 127) and every partial sum are integers below kExactRows * 127^2 < 2^24, so the
+// FMAs are exact and the result is the spec's integer dot, without vpmulld (2 uops, latency 10
+// on Zen 3) and without converting the codes to int32.
+constexpr int kExactRows = 1024;
+
 // acc over columns [v0, v0 + 8 NV): S's codes per column (scales into sS) times q's codes.
 template <int NV>
 static inline void dot_block(const float* S, int K, int V, int v0, const float* amax, float* sS,
                              const int32_t* qi, int32_t* acc) {
   Divisor8 d[NV];
+  __m256 fa[NV];
   __m256i ac[NV];
   int left[NV];
+  bool fast = true;  // every column's scale normal: the codes of codes8's multiply-and-round
   for (int j = 0; j < NV; ++j) {
     left[j] = V - v0 - 8 * j;
     const __m256 sc = vscale8(_mm256_loadu_ps(amax + v0 + 8 * j));
     _mm256_storeu_ps(sS + v0 + 8 * j, sc);
     d[j] = divisor8(sc);
+    fast = fast && d[j].in_range;
     ac[j] = _mm256_setzero_si256();
   }
-  for (int k = 0; k < K; ++k) {
-    const __m256i qk = _mm256_set1_epi32(qi[k]);
-    const float* row = S + static_cast<int64_t>(k) * V + v0;
-    for (int j = 0; j < NV; ++j) {
-      const __m256i c = codes8(load8(row + 8 * j, left[j]), d[j]);
-      ac[j] = _mm256_add_epi32(ac[j], _mm256_mullo_epi32(c, qk));
+  for (int k0 = 0; k0 < K; k0 += kExactRows) {
+    const int k1 = K - k0 > kExactRows ? k0 + kExactRows : K;
+    for (int j = 0; j < NV; ++j) fa[j] = _mm256_setzero_ps();
+    for (int k = k0; k < k1; ++k) {
+      const __m256 qk = _mm256_set1_ps(static_cast<float>(qi[k]));
+      const float* row = S + static_cast<int64_t>(k) * V + v0;
+      __m256 c[NV];
+      if (fast) {
+        // codes8 with one near-tie test per row of the block instead of one per vector.
+        __m256 x[NV], tie = _mm256_setzero_ps();
+        for (int j = 0; j < NV; ++j) {
+          x[j] = load8(row + 8 * j, left[j]);
+          const __m256 t = _mm256_mul_ps(x[j], d[j].r);
+          c[j] = rint8(t);
+          tie = _mm256_or_ps(tie, near_tie8(t, c[j]));
+        }
+        if (any8(tie))
+          for (int j = 0; j < NV; ++j) c[j] = rint8(_mm256_div_ps(x[j], d[j].s));
+      } else {
+        for (int j = 0; j < NV; ++j) c[j] = _mm256_cvtepi32_ps(vcodes8(load8(row + 8 * j, left[j]), d[j].s));
+      }
+      for (int j = 0; j < NV; ++j) fa[j] = _mm256_fmadd_ps(c[j], qk, fa[j]);
     }
+    for (int j = 0; j < NV; ++j) ac[j] = _mm256_add_epi32(ac[j], _mm256_cvtps_epi32(fa[j]));
   }
   for (int j = 0; j < NV; ++j) _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + v0 + 8 * j), ac[j]);
 }
