@@ -103,26 +103,34 @@ static inline void dot_block(const float* S, int K, int V, int v0, const float* 
     for (int k = k0; k < k1; ++k) {
       const __m256 qk = _mm256_set1_ps(static_cast<float>(qi[k]));
       const float* row = S + static_cast<int64_t>(k) * V + v0;
-      __m256 c[NV];
       if (fast) {
-        // codes8 with one near-tie test per row of the block instead of one per vector; the
-        // rare near-tie row reloads x and the scales (L1) for the spec's true division.
+        // codes8 with one near-tie test per row of the block instead of one per vector. The
+        // rare near-tie row adds the difference of the spec's codes (true division; x and the
+        // scales reloaded from L1, which keeps fewer registers live) and the rounded products:
+        // small integers, so the correction is exact like the sum.
         __m256 tie = _mm256_setzero_ps();
         for (int j = 0; j < NV; ++j) {
           const __m256 t = _mm256_mul_ps(block_load<kFull>(row + 8 * j, left - 8 * j), r[j]);
-          c[j] = rint8(t);
-          tie = _mm256_or_ps(tie, near_tie8(t, c[j]));
+          const __m256 c = rint8(t);
+          tie = _mm256_or_ps(tie, near_tie8(t, c));
+          fa[j] = _mm256_fmadd_ps(c, qk, fa[j]);
         }
-        if (any8(tie))
-          for (int j = 0; j < NV; ++j)
-            c[j] = rint8(_mm256_div_ps(block_load<kFull>(row + 8 * j, left - 8 * j),
-                                       _mm256_loadu_ps(sS + v0 + 8 * j)));
+        if (any8(tie)) {
+          asm volatile("" ::: "memory");  // reload x here rather than keep it live in the loop
+          for (int j = 0; j < NV; ++j) {
+            const __m256 x = block_load<kFull>(row + 8 * j, left - 8 * j);
+            const __m256 c = rint8(_mm256_mul_ps(x, r[j]));
+            const __m256 cs = rint8(_mm256_div_ps(x, _mm256_loadu_ps(sS + v0 + 8 * j)));
+            fa[j] = _mm256_fmadd_ps(_mm256_sub_ps(cs, c), qk, fa[j]);
+          }
+        }
       } else {
-        for (int j = 0; j < NV; ++j)
-          c[j] = _mm256_cvtepi32_ps(vcodes8(block_load<kFull>(row + 8 * j, left - 8 * j),
-                                            _mm256_loadu_ps(sS + v0 + 8 * j)));
+        for (int j = 0; j < NV; ++j) {
+          const __m256 c = _mm256_cvtepi32_ps(vcodes8(block_load<kFull>(row + 8 * j, left - 8 * j),
+                                                      _mm256_loadu_ps(sS + v0 + 8 * j)));
+          fa[j] = _mm256_fmadd_ps(c, qk, fa[j]);
+        }
       }
-      for (int j = 0; j < NV; ++j) fa[j] = _mm256_fmadd_ps(c[j], qk, fa[j]);
     }
     for (int j = 0; j < NV; ++j) ac[j] = _mm256_add_epi32(ac[j], _mm256_cvtps_epi32(fa[j]));
   }
