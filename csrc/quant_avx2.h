@@ -82,14 +82,17 @@ constexpr float kTieMargin = 1.0f / 4096.0f;
 static inline __m256 rint8(__m256 t) {
   return _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
 }
-static inline __m256 near_tie8(__m256 t, __m256 n) {
-  return _mm256_cmp_ps(abs8(_mm256_sub_ps(t, n)), _mm256_set1_ps(0.5f - kTieMargin), _CMP_GT_OQ);
+// |t - rint(t)|, and the lanes where such a distance is near 0.5 (a reduction may take the max
+// of distances first: one compare per row).
+static inline __m256 tie_dist8(__m256 t, __m256 n) { return abs8(_mm256_sub_ps(t, n)); }
+static inline __m256 near_tie8(__m256 dist) {
+  return _mm256_cmp_ps(dist, _mm256_set1_ps(0.5f - kTieMargin), _CMP_GT_OQ);
 }
 static inline __m256i codes8(__m256 x, const Divisor8& d) {
   if (!d.in_range) return vcodes8(x, d.s);
   const __m256 t = _mm256_mul_ps(x, d.r);
   const __m256 n = rint8(t);
-  if (any8(near_tie8(t, n))) return vcodes8_in_range(x, d.s);
+  if (any8(near_tie8(tie_dist8(t, n)))) return vcodes8_in_range(x, d.s);
   return _mm256_cvtps_epi32(n);  // n is an integer: exact
 }
 

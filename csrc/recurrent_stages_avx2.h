@@ -108,14 +108,14 @@ static inline void dot_block(const float* S, int K, int V, int v0, const float* 
         // rare near-tie row adds the difference of the spec's codes (true division; x and the
         // scales reloaded from L1, which keeps fewer registers live) and the rounded products:
         // small integers, so the correction is exact like the sum.
-        __m256 tie = _mm256_setzero_ps();
+        __m256 dist = _mm256_setzero_ps();
         for (int j = 0; j < NV; ++j) {
           const __m256 t = _mm256_mul_ps(block_load<kFull>(row + 8 * j, left - 8 * j), r[j]);
           const __m256 c = rint8(t);
-          tie = _mm256_or_ps(tie, near_tie8(t, c));
+          dist = _mm256_max_ps(dist, tie_dist8(t, c));
           fa[j] = _mm256_fmadd_ps(c, qk, fa[j]);
         }
-        if (any8(tie)) {
+        if (any8(near_tie8(dist))) {
           asm volatile("" ::: "memory");  // reload x here rather than keep it live in the loop
           for (int j = 0; j < NV; ++j) {
             const __m256 x = block_load<kFull>(row + 8 * j, left - 8 * j);
