@@ -69,16 +69,7 @@ static inline Divisor8 divisor8(__m256 s) {
 // 127 * (3 * 2^-24) between x * fl(1/s) and fl(x / s).
 constexpr float kTieMargin = 1.0f / 4096.0f;
 
-// The codes of the spec, rne(fl(x / s)) clamped to +-127, mostly without a division (vdivps has
-// a throughput of one per ~4-5 cycles on Zen 3 and was the largest single cost of the decode
-// step). In the clamp-free case |x / s| <= 127 (1 + 2^-23); t = fl(x * fl(1/s)) is then within
-// 127 * (2^-23 + 2^-48) of x / s, and fl(x / s) within 127 * 2^-24 of it, so both lie within
-// 2.3e-5 of each other. If t is farther than kTieMargin from every half-integer (its distance
-// 0.5 - |t - rint(t)| is computed exactly: t - rint(t) is exact by Sterbenz' lemma), fl(x / s)
-// lies strictly between the same two half-integers and rounds to the same integer rint(t).
-// Otherwise (rare: about 2 * kTieMargin of random lanes) the vector takes the true division.
-// The test compares |t - n| with 0.5 - kTieMargin (exact) instead of forming the distance: for
-// |t - n| >= 0.25, 0.5 - |t - n| is exact (Sterbenz), so both forms decide alike.
+// Round to nearest even (explicit, not MXCSR), as a float.
 static inline __m256 rint8(__m256 t) {
   return _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
 }
@@ -88,6 +79,17 @@ static inline __m256 tie_dist8(__m256 t, __m256 n) { return abs8(_mm256_sub_ps(t
 static inline __m256 near_tie8(__m256 dist) {
   return _mm256_cmp_ps(dist, _mm256_set1_ps(0.5f - kTieMargin), _CMP_GT_OQ);
 }
+
+// The codes of the spec, rne(fl(x / s)) clamped to +-127, mostly without a division (vdivps has
+// a throughput of one per ~4-5 cycles on Zen 3 and was the largest single cost of the decode
+// step). In the clamp-free case |x / s| <= 127 (1 + 2^-23); t = fl(x * fl(1/s)) is then within
+// 127 * (2^-23 + 2^-48) of x / s, and fl(x / s) within 127 * 2^-24 of it, so both lie within
+// 2.3e-5 of each other. If t is farther than kTieMargin from every half-integer (its distance
+// 0.5 - |t - rint(t)| is computed exactly: t - rint(t) is exact by Sterbenz' lemma), fl(x / s)
+// lies strictly between the same two half-integers and rounds to the same integer rint(t).
+// Otherwise (rare: about 2 * kTieMargin of random lanes) the vector takes the true division.
+// near_tie8 compares |t - n| with 0.5 - kTieMargin (exact) instead of forming the distance:
+// for |t - n| >= 0.25, 0.5 - |t - n| is exact (Sterbenz), so both forms decide alike.
 static inline __m256i codes8(__m256 x, const Divisor8& d) {
   if (!d.in_range) return vcodes8(x, d.s);
   const __m256 t = _mm256_mul_ps(x, d.r);
