@@ -69,6 +69,17 @@ static inline Divisor8 divisor8(__m256 s) {
 // 127 * (3 * 2^-24) between x * fl(1/s) and fl(x / s).
 constexpr float kTieMargin = 1.0f / 4096.0f;
 
+// Round to nearest even (explicit, not MXCSR), as a float.
+static inline __m256 rint8(__m256 t) {
+  return _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+// |t - rint(t)|, and the lanes where such a distance is near 0.5 (a reduction may take the max
+// of distances first: one compare per row).
+static inline __m256 tie_dist8(__m256 t, __m256 n) { return abs8(_mm256_sub_ps(t, n)); }
+static inline __m256 near_tie8(__m256 dist) {
+  return _mm256_cmp_ps(dist, _mm256_set1_ps(0.5f - kTieMargin), _CMP_GT_OQ);
+}
+
 // The codes of the spec, rne(fl(x / s)) clamped to +-127, mostly without a division (vdivps has
 // a throughput of one per ~4-5 cycles on Zen 3 and was the largest single cost of the decode
 // step). In the clamp-free case |x / s| <= 127 (1 + 2^-23); t = fl(x * fl(1/s)) is then within
@@ -77,13 +88,13 @@ constexpr float kTieMargin = 1.0f / 4096.0f;
 // 0.5 - |t - rint(t)| is computed exactly: t - rint(t) is exact by Sterbenz' lemma), fl(x / s)
 // lies strictly between the same two half-integers and rounds to the same integer rint(t).
 // Otherwise (rare: about 2 * kTieMargin of random lanes) the vector takes the true division.
+// near_tie8 compares |t - n| with 0.5 - kTieMargin (exact) instead of forming the distance:
+// for |t - n| >= 0.25, 0.5 - |t - n| is exact (Sterbenz), so both forms decide alike.
 static inline __m256i codes8(__m256 x, const Divisor8& d) {
   if (!d.in_range) return vcodes8(x, d.s);
   const __m256 t = _mm256_mul_ps(x, d.r);
-  const __m256 n = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m256 gap = _mm256_sub_ps(_mm256_set1_ps(0.5f), abs8(_mm256_sub_ps(t, n)));
-  if (_mm256_movemask_ps(_mm256_cmp_ps(gap, _mm256_set1_ps(kTieMargin), _CMP_LT_OQ)) != 0)
-    return vcodes8_in_range(x, d.s);
+  const __m256 n = rint8(t);
+  if (any8(near_tie8(tie_dist8(t, n)))) return vcodes8_in_range(x, d.s);
   return _mm256_cvtps_epi32(n);  // n is an integer: exact
 }
 

@@ -27,18 +27,32 @@ static inline bool quant_token(const float* x, float mul, bool scaled, int n, fl
   return !any8(bad);
 }
 
+// Vector j of a block row at p: whole when the block is (kFull, the branches and masks fold
+// away), else only the lanes before V (`left`: V - its first column; the rest read as 0).
+template <bool kFull>
+static inline __m256 block_load(const float* p, int left) {
+  return kFull ? _mm256_loadu_ps(p) : load8(p, left);
+}
+template <bool kFull>
+static inline void block_store(float* p, int left, __m256 x) {
+  if (kFull || left >= 8) {
+    _mm256_storeu_ps(p, x);
+  } else {
+    _mm256_maskstore_ps(p, lanes8(left), x);
+  }
+}
+
 // Columns [v0, v0 + 8 NV) of the state update (lanes past V stay 0); returns the lanes where
 // src held inf or NaN (checked only when src is the caller's initial state).
-template <int NV, bool kCheck>
+template <int NV, bool kFull, bool kCheck>
 static inline __m256 update_block(const float* src, float* S, int K, int V, int v0, float g,
                                   const int32_t* ki, const float* vf, float skv, float* amax) {
   __m256 am[NV], vfv[NV], bad = _mm256_setzero_ps();
-  int left[NV];
   for (int j = 0; j < NV; ++j) {
     am[j] = _mm256_setzero_ps();
     vfv[j] = _mm256_loadu_ps(vf + v0 + 8 * j);
-    left[j] = V - v0 - 8 * j;
   }
+  const int left = V - v0;
   const __m256 vg = _mm256_set1_ps(g), vskv = _mm256_set1_ps(skv);
   for (int k = 0; k < K; ++k) {
     const __m256 kc = _mm256_set1_ps(static_cast<float>(ki[k]));
@@ -50,15 +64,11 @@ static inline __m256 update_block(const float* src, float* S, int K, int V, int 
       for (int j = 0; j < NV; j += 2)
         _mm_prefetch(reinterpret_cast<const char*>(old_row + kAhead * V + 8 * j), _MM_HINT_T0);
     for (int j = 0; j < NV; ++j) {
-      const __m256 old = src != nullptr ? load8(old_row + 8 * j, left[j]) : _mm256_setzero_ps();
+      const __m256 old = src != nullptr ? block_load<kFull>(old_row + 8 * j, left - 8 * j) : _mm256_setzero_ps();
       if (kCheck) bad = _mm256_or_ps(bad, at_least8(abs8(old), kMaxStateAbs));  // inf/NaN or out of range
       const __m256 upd = _mm256_mul_ps(_mm256_mul_ps(kc, vfv[j]), vskv);
       const __m256 sn = _mm256_add_ps(_mm256_mul_ps(old, vg), upd);
-      if (left[j] >= 8) {
-        _mm256_storeu_ps(row + 8 * j, sn);
-      } else {
-        _mm256_maskstore_ps(row + 8 * j, lanes8(left[j]), sn);
-      }
+      block_store<kFull>(row + 8 * j, left - 8 * j, sn);
       am[j] = _mm256_max_ps(am[j], abs8(sn));
     }
   }
@@ -66,50 +76,101 @@ static inline __m256 update_block(const float* src, float* S, int K, int V, int 
   return bad;
 }
 
+// Rows of q . S summed in float32 before each flush to the int32 accumulators: the products of
+// codes (|c| <= 127) and every partial sum are integers below kExactRows * 127^2 < 2^24, so the
+// FMAs are exact and the result is the spec's integer dot, without vpmulld (2 uops, latency 10
+// on Zen 3) and without converting the codes to int32.
+constexpr int kExactRows = 1024;
+
 // acc over columns [v0, v0 + 8 NV): S's codes per column (scales into sS) times q's codes.
-template <int NV>
+template <int NV, bool kFull>
 static inline void dot_block(const float* S, int K, int V, int v0, const float* amax, float* sS,
                              const int32_t* qi, int32_t* acc) {
-  Divisor8 d[NV];
+  __m256 r[NV], fa[NV];
   __m256i ac[NV];
-  int left[NV];
+  bool fast = true;  // every column's scale normal: codes8's multiply-and-round applies
   for (int j = 0; j < NV; ++j) {
-    left[j] = V - v0 - 8 * j;
-    const __m256 sc = vscale8(_mm256_loadu_ps(amax + v0 + 8 * j));
-    _mm256_storeu_ps(sS + v0 + 8 * j, sc);
-    d[j] = divisor8(sc);
+    const Divisor8 d = divisor8(vscale8(_mm256_loadu_ps(amax + v0 + 8 * j)));
+    _mm256_storeu_ps(sS + v0 + 8 * j, d.s);
+    r[j] = d.r;
+    fast = fast && d.in_range;
     ac[j] = _mm256_setzero_si256();
   }
-  for (int k = 0; k < K; ++k) {
-    const __m256i qk = _mm256_set1_epi32(qi[k]);
-    const float* row = S + static_cast<int64_t>(k) * V + v0;
-    for (int j = 0; j < NV; ++j) {
-      const __m256i c = codes8(load8(row + 8 * j, left[j]), d[j]);
-      ac[j] = _mm256_add_epi32(ac[j], _mm256_mullo_epi32(c, qk));
+  const int left = V - v0;
+  for (int k0 = 0; k0 < K; k0 += kExactRows) {
+    const int k1 = K - k0 > kExactRows ? k0 + kExactRows : K;
+    for (int j = 0; j < NV; ++j) fa[j] = _mm256_setzero_ps();
+    for (int k = k0; k < k1; ++k) {
+      const __m256 qk = _mm256_set1_ps(static_cast<float>(qi[k]));
+      const float* row = S + static_cast<int64_t>(k) * V + v0;
+      if (fast) {
+        // codes8 with one near-tie test per row of the block instead of one per vector. The
+        // rare near-tie row adds the difference of the spec's codes (true division; x and the
+        // scales reloaded from L1, which keeps fewer registers live) and the rounded products:
+        // small integers, so the correction is exact like the sum.
+        __m256 dist = _mm256_setzero_ps();
+        for (int j = 0; j < NV; ++j) {
+          const __m256 t = _mm256_mul_ps(block_load<kFull>(row + 8 * j, left - 8 * j), r[j]);
+          const __m256 c = rint8(t);
+          dist = _mm256_max_ps(dist, tie_dist8(t, c));
+          fa[j] = _mm256_fmadd_ps(c, qk, fa[j]);
+        }
+        if (any8(near_tie8(dist))) {
+          asm volatile("" ::: "memory");  // reload x here rather than keep it live in the loop
+          for (int j = 0; j < NV; ++j) {
+            const __m256 x = block_load<kFull>(row + 8 * j, left - 8 * j);
+            const __m256 c = rint8(_mm256_mul_ps(x, r[j]));
+            const __m256 cs = rint8(_mm256_div_ps(x, _mm256_loadu_ps(sS + v0 + 8 * j)));
+            fa[j] = _mm256_fmadd_ps(_mm256_sub_ps(cs, c), qk, fa[j]);
+          }
+        }
+      } else {
+        for (int j = 0; j < NV; ++j) {
+          const __m256 c = _mm256_cvtepi32_ps(vcodes8(block_load<kFull>(row + 8 * j, left - 8 * j),
+                                                      _mm256_loadu_ps(sS + v0 + 8 * j)));
+          fa[j] = _mm256_fmadd_ps(c, qk, fa[j]);
+        }
+      }
     }
+    for (int j = 0; j < NV; ++j) ac[j] = _mm256_add_epi32(ac[j], _mm256_cvtps_epi32(fa[j]));
   }
   for (int j = 0; j < NV; ++j) _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + v0 + 8 * j), ac[j]);
 }
 
 #define RQ_STAGES_FUSE_UPDATE_DOT 1
 
-// The state update and q . S, one block of columns at a time: the block's 4 KiB-per-K rows the
-// update has just written are still in L1 when the dot reads them back.
+// One block of columns: the update, then q . S while the block's rows (16 KiB at K = 128) are
+// still in L1.
+template <int NV, bool kFull, bool kCheck>
+static inline __m256 update_dot_block(const float* src, float* S, int K, int V, int v0, float g,
+                                      const int32_t* ki, const float* vf, float skv, float* amax,
+                                      float* sS, const int32_t* qi, int32_t* acc) {
+  const __m256 bad = update_block<NV, kFull, kCheck>(src, S, K, V, v0, g, ki, vf, skv, amax);
+  dot_block<NV, kFull>(S, K, V, v0, amax, sS, qi, acc);
+  return bad;
+}
+
+template <bool kCheck>
+static inline __m256 update_dot_blocks(const float* src, float* S, int K, int V, float g,
+                                       const int32_t* ki, const float* vf, float skv, float* amax,
+                                       float* sS, const int32_t* qi, int32_t* acc) {
+  __m256 bad = _mm256_setzero_ps();
+  int v0 = 0;
+  for (; v0 + 8 * kBlock <= V; v0 += 8 * kBlock)
+    bad = _mm256_or_ps(bad, update_dot_block<kBlock, true, kCheck>(src, S, K, V, v0, g, ki, vf,
+                                                                  skv, amax, sS, qi, acc));
+  for (; v0 < V; v0 += 8)
+    bad = _mm256_or_ps(bad, update_dot_block<1, false, kCheck>(src, S, K, V, v0, g, ki, vf, skv,
+                                                              amax, sS, qi, acc));
+  return bad;
+}
+
+// The state update and q . S, one block of columns at a time (update_dot_block).
 static inline bool update_and_dot(const float* src, float* S, int K, int V, float g,
                                   const int32_t* ki, const float* vf, float skv, float* amax,
                                   bool check, float* sS, const int32_t* qi, int32_t* acc) {
-  __m256 bad = _mm256_setzero_ps();
-  const bool chk = check && src != nullptr;
-  int v0 = 0;
-  for (; v0 + 8 * kBlock <= V; v0 += 8 * kBlock) {
-    bad = _mm256_or_ps(bad, chk ? update_block<kBlock, true>(src, S, K, V, v0, g, ki, vf, skv, amax)
-                                : update_block<kBlock, false>(src, S, K, V, v0, g, ki, vf, skv, amax));
-    dot_block<kBlock>(S, K, V, v0, amax, sS, qi, acc);
-  }
-  for (; v0 < V; v0 += 8) {
-    bad = _mm256_or_ps(bad, chk ? update_block<1, true>(src, S, K, V, v0, g, ki, vf, skv, amax)
-                                : update_block<1, false>(src, S, K, V, v0, g, ki, vf, skv, amax));
-    dot_block<1>(S, K, V, v0, amax, sS, qi, acc);
-  }
+  const __m256 bad = check && src != nullptr
+                         ? update_dot_blocks<true>(src, S, K, V, g, ki, vf, skv, amax, sS, qi, acc)
+                         : update_dot_blocks<false>(src, S, K, V, g, ki, vf, skv, amax, sS, qi, acc);
   return !any8(bad);
 }
