@@ -166,7 +166,7 @@ def test_outputs_fully_written(isa):
     off = torch.tensor([0, 99, 198])
     out = torch.full((198, 2, 72), float("nan"))
     fin = torch.full((2, 2, 100, 72), float("nan"))
-    tokens = (cpu._tokens(q), cpu._tokens(k), cpu._tokens(v))
+    tokens = (cpu.token_rows(q), cpu.token_rows(k), cpu.token_rows(v))
     args = cpu_ops.chunk_args(*tokens, off, call.scale, call.g_gamma, None, cpu_extension.isa_code(isa))
     torch.ops.retquant.chunk_fwd(*args, out, fin)
     assert torch.isfinite(out).all() and torch.isfinite(fin).all()
@@ -180,9 +180,9 @@ def test_outputs_fully_written(isa):
     out.fill_(float("nan"))
     fin.fill_(float("nan"))
     torch.ops.retquant.recurrent_fwd(
-        cpu._tokens(q),
-        cpu._tokens(k),
-        cpu._tokens(v),
+        cpu.token_rows(q),
+        cpu.token_rows(k),
+        cpu.token_rows(v),
         off,
         call.scale,
         gamma,
@@ -203,9 +203,9 @@ def test_bad_inputs_raise_before_the_kernel():
     # the raw op checks too (no crash on a wrong dtype)
     with pytest.raises(RuntimeError, match="float32"):
         torch.ops.retquant.recurrent_fwd(
-            cpu._tokens(q).double(),
-            cpu._tokens(k),
-            cpu._tokens(v),
+            cpu.token_rows(q).double(),
+            cpu.token_rows(k),
+            cpu.token_rows(v),
             torch.tensor([0, 10]),
             0.1,
             torch.ones(2),
@@ -295,7 +295,7 @@ def test_forcing_a_missing_isa_raises(name, monkeypatch):
         chunk_retention(q, k, v, quant="int8", backend="cpu")
     # the raw ops check the code against CPUID too
     call = validate_call(q, k, v, quant="int8")
-    tokens = (cpu._tokens(q), cpu._tokens(k), cpu._tokens(v))
+    tokens = (cpu.token_rows(q), cpu.token_rows(k), cpu.token_rows(v))
     args = cpu_ops.chunk_args(*tokens, torch.tensor([0, 10]), call.scale, call.g_gamma, None, 9)
     with pytest.raises(RuntimeError, match="isa must be"):
         torch.ops.retquant.chunk_fwd(*args, torch.empty(10, 2, 32), torch.empty(1, 2, 32, 32))

@@ -38,15 +38,17 @@ def unsupported(op: str, call: RetentionCall) -> str | None:
     return cpu_extension.load_error()
 
 
-def _tokens(x: torch.Tensor, keep_bf16: bool = False) -> torch.Tensor:
+def token_rows(x: torch.Tensor, keep_bf16: bool = False) -> torch.Tensor:
     """[B, T, H, D] of any float dtype/strides -> contiguous [B*T, H, D], float32 or (keep_bf16,
-    for the chunk kernel, which reads and writes bfloat16 itself) bfloat16 as given."""
+    for the kernels that read and write bfloat16 themselves) bfloat16 as given."""
     B, T, H, D = x.shape
     dtype = torch.bfloat16 if keep_bf16 and x.dtype == torch.bfloat16 else torch.float32
     return x.detach().to(dtype).contiguous().view(B * T, H, D)
 
 
-def _offsets(call: RetentionCall) -> torch.Tensor:
+def token_offsets(call: RetentionCall) -> torch.Tensor:
+    """Sequence offsets ``[N + 1]`` (int64) of :func:`token_rows`' rows: ``cu_seqlens``, or one
+    sequence per batch row."""
     if call.cu_seqlens is not None:
         return call.cu_seqlens.to(torch.int64).contiguous()
     B, T = call.q.shape[:2]
@@ -62,8 +64,8 @@ def chunk_raw(call: RetentionCall, isa: str | None = None, debug_chunks: int = 0
     """Run the chunk kernel on ``call``: ``(o f32 [B*T, H, V], final f32 [N, H, K, V])``, or with
     ``debug_chunks > 0`` (tests) also the four int32 accumulators, on ``isa`` (a name of
     :data:`cpu_extension.ISA_CODES`; default ``RETQUANT_CPU_ISA``)."""
-    q, k, v = (_tokens(x, keep_bf16=True) for x in (call.q, call.k, call.v))
-    args = (q, k, v, _offsets(call), call.scale, call.g_gamma, _init(call))
+    q, k, v = (token_rows(x, keep_bf16=True) for x in (call.q, call.k, call.v))
+    args = (q, k, v, token_offsets(call), call.scale, call.g_gamma, _init(call))
     if debug_chunks:
         code = cpu_extension.isa_code(isa)
         return cpu_extension.ops().chunk_fwd_debug(*cpu_ops.chunk_args(*args, code), debug_chunks)
@@ -72,9 +74,9 @@ def chunk_raw(call: RetentionCall, isa: str | None = None, debug_chunks: int = 0
 
 def recurrent_raw(call: RetentionCall):
     """Run the recurrent kernel on ``call``: ``(o f32 [B*T, H, V], final f32 [N, H, K, V])``."""
-    q, k, v = _tokens(call.q), _tokens(call.k), _tokens(call.v)
+    q, k, v = token_rows(call.q), token_rows(call.k), token_rows(call.v)
     return torch.ops.retquant.cpu_recurrent_int8(
-        q, k, v, _offsets(call), call.scale, call.g_gamma, _init(call)
+        q, k, v, token_offsets(call), call.scale, call.g_gamma, _init(call)
     )
 
 
@@ -85,8 +87,8 @@ def _finish(call: RetentionCall, out: torch.Tensor, final: torch.Tensor):
 
 def float_forms(call: RetentionCall):
     """The float path (``quant=None``) of any form: the fused float chunk kernel."""
-    q, k, v = (x.detach().contiguous().view(-1, *x.shape[2:]) for x in (call.q, call.k, call.v))
-    o, final = cpu_float.chunk_float(q, k, v, _offsets(call), call.scale, call.g_gamma, _init(call))
+    q, k, v = (token_rows(x, keep_bf16=True) for x in (call.q, call.k, call.v))
+    o, final = cpu_float.chunk_float(q, k, v, token_offsets(call), call.scale, call.g_gamma, _init(call))
     return _finish(call, o, final)
 
 

@@ -122,20 +122,12 @@ def chunk_float(
         return o.to(torch.float16), final
     if not isinstance(g_gamma, torch.Tensor) or g_gamma.shape != (q.shape[1],):
         raise ValueError(f"g_gamma must be a tensor [H]={q.shape[1]}, got {g_gamma!r}")
-    T, H, _ = q.shape
-    out = ops.empty_cached([T, H, v.shape[2]], q.dtype)
-    final = ops.empty_cached([offsets.shape[0] - 1, H, q.shape[2], v.shape[2]], torch.float32)
+    out, final = cpu_ops.cached_outputs(q, v, offsets)
     ops.float_chunk_fwd(
         q, k, v, offsets, scale, *_tables(g_gamma, offsets), initial_state, isa_level(), out, final
     )
     return out, final
 
 
-def _outputs_like(q, k, v, offsets, scale, g_gamma, initial_state):
-    T, H, K = q.shape
-    V = v.shape[2]
-    return q.new_empty((T, H, V)), q.new_empty((offsets.shape[0] - 1, H, K, V), dtype=torch.float32)
-
-
 cpu_chunk_float = torch.library.custom_op("retquant::cpu_chunk_float", chunk_float, mutates_args=())
-cpu_chunk_float.register_fake(_outputs_like)
+cpu_chunk_float.register_fake(cpu_ops.outputs_like)

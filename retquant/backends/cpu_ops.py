@@ -140,9 +140,18 @@ def cached_output_bytes() -> int:
     return int(cpu_extension.ops().cached_output_bytes())
 
 
-def _shapes(q: torch.Tensor, v: torch.Tensor, offsets: torch.Tensor):
+def output_shapes(q: torch.Tensor, v: torch.Tensor, offsets: torch.Tensor):
+    """``(o [T, H, V], final_state [N, H, K, V])`` shapes of a kernel on ``[T, H, D]`` tokens."""
     T, H, K = q.shape
     return (T, H, v.shape[2]), (offsets.shape[0] - 1, H, K, v.shape[2])
+
+
+def cached_outputs(q: torch.Tensor, v: torch.Tensor, offsets: torch.Tensor):
+    """``o`` (q's dtype) and the float32 final state from freed outputs: a fresh large buffer
+    page-faults for longer than the kernels compute (csrc/output_alloc.cpp)."""
+    ops = cpu_extension.ops()
+    out_shape, state_shape = output_shapes(q, v, offsets)
+    return ops.empty_cached(list(out_shape), q.dtype), ops.empty_cached(list(state_shape), torch.float32)
 
 
 def chunk_int8(
@@ -155,10 +164,7 @@ def chunk_int8(
     initial_state: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     ops = cpu_extension.ops()
-    out_shape, state_shape = _shapes(q, v, offsets)
-    # from freed outputs: a fresh one page-faults (csrc/output_alloc.cpp)
-    out = ops.empty_cached(list(out_shape), q.dtype)
-    final = ops.empty_cached(list(state_shape), torch.float32)
+    out, final = cached_outputs(q, v, offsets)
     args = chunk_args(q, k, v, offsets, scale, g_gamma, initial_state, cpu_extension.isa_code())
     raise_nonfinite(ops.chunk_fwd(*args, out, final))
     return out, final
@@ -174,7 +180,7 @@ def recurrent_int8(
     initial_state: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     ops = cpu_extension.ops()
-    out_shape, state_shape = _shapes(q, v, offsets)
+    out_shape, state_shape = output_shapes(q, v, offsets)
     out = torch.empty(out_shape, dtype=torch.float32)
     final = ops.empty_cached(list(state_shape), torch.float32)
     gamma = decay_tables(g_gamma, ())["gamma"]
@@ -186,15 +192,16 @@ def recurrent_int8(
     return out, final
 
 
-def _outputs_like(q, k, v, offsets, scale, g_gamma, initial_state):
-    out_shape, state_shape = _shapes(q, v, offsets)
+def outputs_like(q, k, v, offsets, scale, g_gamma, initial_state):
+    """The fake implementation of every CPU kernel custom op: empty outputs of the right shapes."""
+    out_shape, state_shape = output_shapes(q, v, offsets)
     return q.new_empty(out_shape), q.new_empty(state_shape, dtype=torch.float32)
 
 
 cpu_chunk_int8 = torch.library.custom_op("retquant::cpu_chunk_int8", chunk_int8, mutates_args=())
 cpu_recurrent_int8 = torch.library.custom_op("retquant::cpu_recurrent_int8", recurrent_int8, mutates_args=())
-cpu_chunk_int8.register_fake(_outputs_like)
-cpu_recurrent_int8.register_fake(_outputs_like)
+cpu_chunk_int8.register_fake(outputs_like)
+cpu_recurrent_int8.register_fake(outputs_like)
 
 
 def chunk(*args):

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import torch
 
-from retquant.backends import cpu_extension, cpu_quant
+from retquant.backends import cpu, cpu_extension, cpu_quant
 from retquant.constants import CHUNK_SIZE
 from retquant.quant.config import RetentionQuantConfig
 from retquant.quant.primitives import compute_qparams, quantize
@@ -182,23 +182,17 @@ def _cpu_int8_parts(op: str, call: RetentionCall, slot, row, n_slots) -> dict | 
     V = call.v.shape[-1]
     c = slot_chunk(op, T)
 
-    def tokens(x):  # [B, T, H, D] -> [B*T, H, D] float32 or bfloat16, as the kernels read them
-        x = x.detach()
-        return (x if x.dtype in (torch.float32, torch.bfloat16) else x.float()).reshape(B * T, H, x.shape[-1])
-
     parts = {}
     for name, x, mul in (("q", call.q, call.scale), ("k", call.k, 1.0)):
-        codes, scales = cpu_quant.quantize_tokens(tokens(x), mul, name=name)
+        codes, scales = cpu_quant.quantize_tokens(cpu.token_rows(x, keep_bf16=True), mul, name=name)
         parts[f"{name}_codes"] = codes.view(B, T, H, K)
         parts[f"{name}_scale"] = _scatter(scales.view(B, T, H, 1), slot, row, (B, H, n_slots, c, 1), 1.0)
     if op == "fused_recurrent":  # v per token too
-        codes, scales = cpu_quant.quantize_tokens(tokens(call.v), 1.0, name="v")
+        codes, scales = cpu_quant.quantize_tokens(cpu.token_rows(call.v, keep_bf16=True), 1.0, name="v")
         parts["v_scale"] = _scatter(scales.view(B, T, H, 1), slot, row, (B, H, n_slots, 1, 1), 1.0)
     else:
-        offsets = (
-            torch.arange(0, B * T + 1, T, dtype=torch.int64) if call.cu_seqlens is None else call.cu_seqlens
-        )
-        codes, scales = cpu_quant.quantize_v_chunks(tokens(call.v), offsets, c, name="v")
+        v_rows = cpu.token_rows(call.v, keep_bf16=True)
+        codes, scales = cpu_quant.quantize_v_chunks(v_rows, cpu.token_offsets(call), c, name="v")
         n = scales.shape[0] // B  # chunks are numbered sequence by sequence = slot order
         v_scale = torch.ones(B, H, n_slots, 1, V)
         v_scale[:, :, :n, 0] = scales.view(B, n, H, V).transpose(1, 2)
