@@ -8,6 +8,7 @@ from dataclasses import replace
 import torch
 
 from retquant.backends.registry import Backend, register_backend
+from retquant.constants import CHUNK_SIZE
 from retquant.spec.int_chunk import int_chunk_retention
 from retquant.spec.int_recurrent import int_recurrent_retention
 from retquant.spec.naive import (
@@ -48,31 +49,8 @@ def _finish(call: RetentionCall, o, final):
     return o.to(call.q.dtype), final
 
 
-def _chunk_dense(call: RetentionCall):
-    if call.quant is None:
-        return naive_chunk_retention(call.q, call.k, call.v, call.g_gamma, call.scale, call.initial_state)
-    o, s, _ = int_chunk_retention(
-        call.q, call.k, call.v, call.g_gamma, call.scale, call.quant, call.initial_state
-    )
-    return o, s
-
-
-def _recurrent_dense(call: RetentionCall):
-    if call.quant is None:
-        return naive_recurrent_retention(call.q, call.k, call.v, call.g_gamma, call.scale, call.initial_state)
-    return int_recurrent_retention(
-        call.q, call.k, call.v, call.g_gamma, call.scale, call.quant, call.initial_state
-    )
-
-
-def _parallel_dense(call: RetentionCall):
-    if call.quant is None:
-        o, s, _ = naive_parallel_retention(
-            call.q, call.k, call.v, call.g_gamma, call.scale, call.initial_state
-        )
-        return o, s
-    # The quantized parallel form is the integer algorithm with one chunk spanning the sequence.
-    o, s, _ = int_chunk_retention(
+def _int_chunk(call: RetentionCall, chunk_size: int, trace: bool):
+    return int_chunk_retention(
         call.q,
         call.k,
         call.v,
@@ -80,9 +58,38 @@ def _parallel_dense(call: RetentionCall):
         call.scale,
         call.quant,
         call.initial_state,
-        chunk_size=call.q.shape[1],
+        chunk_size,
+        trace=trace,
     )
-    return o, s
+
+
+def _chunk_dense(call: RetentionCall, trace: bool = False):
+    if call.quant is None:
+        return naive_chunk_retention(call.q, call.k, call.v, call.g_gamma, call.scale, call.initial_state)
+    o, s, tr = _int_chunk(call, CHUNK_SIZE, trace)
+    return (o, s, tr) if trace else (o, s)
+
+
+def _recurrent_dense(call: RetentionCall, trace: bool = False):
+    if call.quant is None:
+        return naive_recurrent_retention(call.q, call.k, call.v, call.g_gamma, call.scale, call.initial_state)
+    return int_recurrent_retention(
+        call.q, call.k, call.v, call.g_gamma, call.scale, call.quant, call.initial_state, trace=trace
+    )
+
+
+def _parallel_dense(call: RetentionCall, trace: bool = False):
+    if call.quant is None:
+        o, s, _ = naive_parallel_retention(
+            call.q, call.k, call.v, call.g_gamma, call.scale, call.initial_state
+        )
+        return o, s
+    # The quantized parallel form is the integer algorithm with one chunk spanning the sequence.
+    o, s, tr = _int_chunk(call, call.q.shape[1], trace)
+    return (o, s, tr) if trace else (o, s)
+
+
+_DENSE = {"chunk": _chunk_dense, "fused_recurrent": _recurrent_dense, "parallel": _parallel_dense}
 
 
 def chunk(call: RetentionCall):
@@ -97,35 +104,16 @@ def parallel(call: RetentionCall):
     return _finish(call, *per_sequence(_parallel_dense, call))
 
 
+# checks_finite: the integer specs check their inputs themselves (check_quant_inputs, the error
+# every backend raises), so selection need not make a second pass over them.
 register_backend(
     Backend(
         name="reference",
         impls={"chunk": chunk, "fused_recurrent": fused_recurrent, "parallel": parallel},
         unsupported=lambda op, call: None,
+        checks_finite=True,
     )
 )
-
-
-def _chunk_traced(call: RetentionCall):
-    return int_chunk_retention(
-        call.q, call.k, call.v, call.g_gamma, call.scale, call.quant, call.initial_state, trace=True
-    )
-
-
-def _parallel_traced(call: RetentionCall):
-    T = call.q.shape[1]
-    return int_chunk_retention(
-        call.q, call.k, call.v, call.g_gamma, call.scale, call.quant, call.initial_state, T, trace=True
-    )
-
-
-def _recurrent_traced(call: RetentionCall):
-    return int_recurrent_retention(
-        call.q, call.k, call.v, call.g_gamma, call.scale, call.quant, call.initial_state, trace=True
-    )
-
-
-_TRACED = {"chunk": _chunk_traced, "fused_recurrent": _recurrent_traced, "parallel": _parallel_traced}
 
 
 def run_traced(op: str, call: RetentionCall):
@@ -139,5 +127,5 @@ def run_traced(op: str, call: RetentionCall):
         >>> len(traces), traces[0].q_codes.dtype
         (1, torch.int8)
     """
-    o, final, traces = per_sequence(_TRACED[op], call)
+    o, final, traces = per_sequence(lambda c: _DENSE[op](c, trace=True), call)
     return o.to(call.q.dtype), final.to(_state_dtype(call)), traces

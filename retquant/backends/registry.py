@@ -37,8 +37,9 @@ class Backend:
     ``unsupported(op, call)`` returns ``None`` when ``impls[op]`` can run the call, else the
     reason in words (missing compiler, no GPU, configuration the kernel does not implement...).
     ``float_path``: it runs float calls too (``auto`` then prefers it for them).
-    ``checks_finite``: the impls raise ``validate.nonfinite_error`` themselves (their kernels flag
-    inf/NaN inputs while reading them); otherwise :func:`select_impl` checks before returning.
+    ``checks_finite``: the impls raise the errors of ``validate.check_quant_inputs`` themselves
+    (the kernels flag bad inputs while reading them, the integer specs check them first);
+    otherwise :func:`select` checks before returning.
     """
 
     name: str
