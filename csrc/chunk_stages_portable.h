@@ -6,21 +6,8 @@
 // The A operands (qu8, pu8, kdp) hold code + 128 (gemm.h), as gemm_portable reads them.
 constexpr bool kSignedA = false;
 
-// Element types of q, k, v and o: float, or bfloat16 held as its 16 bits (exactly the upper half
-// of the float32 it stands for; outputs rounded to nearest even, as torch's .to(bfloat16)).
-static inline float to_f32(float x) { return x; }
-static inline float to_f32(uint16_t b) {
-  const uint32_t u = static_cast<uint32_t>(b) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-static inline void put(float* d, float x) { *d = x; }
-static inline void put(uint16_t* d, float x) {  // finite x (non-finite inputs raise upstream)
-  uint32_t u;
-  std::memcpy(&u, &x, 4);
-  *d = static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
-}
+// Element types of q, k, v and o: float, or bfloat16 (to_f32 / put).
+#include "bf16_scalar.h"
 
 // max |x[i]| over n floats (integer max of the magnitudes' bits: vectorizes, see quant.h).
 static inline float row_amax(const float* x, int n) {

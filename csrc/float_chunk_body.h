@@ -19,23 +19,8 @@
 namespace retquant {
 namespace RQ_FLOAT_NS {
 
-// Scalar conversions of the element types (tails, and the portable vector type): bfloat16 is
-// held as its 16 bits, the upper half of the float32 it stands for; it is written rounded to
-// nearest even like torch's .to(bfloat16), NaN as 0x7FC0.
-static inline float to_float(float x) { return x; }
-static inline float to_float(uint16_t b) {
-  const uint32_t u = static_cast<uint32_t>(b) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-static inline void from_float(float* d, float x) { *d = x; }
-static inline void from_float(uint16_t* d, float x) {
-  uint32_t u;
-  std::memcpy(&u, &x, 4);
-  *d = x != x ? static_cast<uint16_t>(0x7FC0)
-              : static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
-}
+// Scalar conversions of the element types (tails, and the portable vector type).
+#include "bf16_scalar.h"
 
 #include RQ_FLOAT_VEC
 
@@ -124,7 +109,7 @@ static inline void pack_q(const T* q, int64_t ld, int L, float scale, const floa
       vstore(qi + k, vmul(x, g));
     }
     for (; k < K; ++k) {
-      qs[k] = to_float(q[k]) * scale;
+      qs[k] = to_f32(q[k]) * scale;
       qi[k] = qs[k] * inter[a];
     }
   }
@@ -146,7 +131,7 @@ static inline void pack_k(const T* k, int64_t ld, int L, const float* kdec, Scra
       vstore(kr + c, x);
     }
     for (; c < K; ++c) {
-      kr[c] = to_float(k[c]);
+      kr[c] = to_f32(k[c]);
       kd[c] = kr[c] * kdec[j];
     }
   }
@@ -177,7 +162,7 @@ static inline void pack_v(const T* v, int64_t ld, int L, Scratch& s) {
       if (cols == kPanel) {
         vstore(dst, vload(v + pi * kPanel));
       } else {
-        for (int c = 0; c < cols; ++c) dst[c] = to_float(v[pi * kPanel + c]);
+        for (int c = 0; c < cols; ++c) dst[c] = to_f32(v[pi * kPanel + c]);
       }
     }
   }
@@ -218,7 +203,7 @@ static inline void out_rows(Scratch& s, int m0, int pi, T* o, int64_t ldo) {
     } else {
       float row[kPanel];
       vstore(row, acc[i]);
-      for (int c = 0; c < cols; ++c) from_float(o + c, row[c]);
+      for (int c = 0; c < cols; ++c) put(o + c, row[c]);
     }
   }
 }

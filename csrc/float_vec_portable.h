@@ -37,11 +37,11 @@ static inline void vstore(float* p, Vec x) {
 }
 static inline Vec vload(const uint16_t* p) {
   Vec r;
-  for (int i = 0; i < 16; ++i) r.x[i] = to_float(p[i]);
+  for (int i = 0; i < 16; ++i) r.x[i] = to_f32(p[i]);
   return r;
 }
 static inline void vstore(uint16_t* p, Vec x) {
-  for (int i = 0; i < 16; ++i) from_float(p + i, x.x[i]);
+  for (int i = 0; i < 16; ++i) put(p + i, x.x[i]);
 }
 
 // dst[c * ldd + r] = src[r * lds + c] for an 8 x 8 block (the K^T panels of Q K^T).
