@@ -71,9 +71,7 @@ def make_inputs(shape, dtype, seed=0) -> Inputs:
 
 def plain_fwd_bwd(peer, x: Inputs):
     """What a user writes: leaves that require grad, the chunk loop, ``.backward()``."""
-    q, k, v = (t.detach().requires_grad_() for t in (x.q, x.k, x.v))
-    peer(q, k, v, x.g, x.scale).backward(x.do)
-    return q.grad, k.grad, v.grad
+    return op_fwd_bwd(lambda q, k, v: peer(q, k, v, x.g, x.scale), x)
 
 
 def plain_per_head_fwd_bwd(x: Inputs):

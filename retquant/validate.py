@@ -301,7 +301,8 @@ def validate_call(
         k=k,
         v=v,
         scale=static.scale,
-        g_gamma=resolve_g_gamma(static.g_gamma if g_gamma is not None else None, q.shape[2], q.device),
+        # the default is valid by construction; a user's g_gamma gets its value check here
+        g_gamma=static.g_gamma if g_gamma is None else resolve_g_gamma(static.g_gamma, q.shape[2], q.device),
         initial_state=initial_state,
         output_final_state=output_final_state,
         cu_seqlens=cs,

@@ -211,9 +211,10 @@ def run_form(
         )
     quant = "" if static.quant is None else static.quant.key
     args = (op, q, k, v, static.g_gamma, initial_state, cu_seqlens, static.scale, quant, backend or "")
+    save = _needs_grad(q, k, v, initial_state)
     # the custom op also when tracing, and for meta tensors (shape inference: its fake impl)
-    if _needs_grad(q, k, v, initial_state) or torch.compiler.is_compiling() or q.device.type == "meta":
-        o, final, _ = retention(*args, _needs_grad(q, k, v, initial_state))
+    if save or torch.compiler.is_compiling() or q.device.type == "meta":
+        o, final, _ = retention(*args, save)
     else:
         o, final, _ = forward_impl(*args, False)
     return o, (final if output_final_state else None)
