@@ -1,0 +1,1 @@
+"""Small models built from :mod:`retquant.nn`: a RetNet language model."""

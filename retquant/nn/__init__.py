@@ -1,0 +1,1 @@
+"""Modules: the quantized linear layer and the multi-scale retention layer of a RetNet."""

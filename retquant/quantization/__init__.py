@@ -1,0 +1,1 @@
+"""The model-level API: ``quantize_(model, config)``, calibration, conversion and ``report``."""
