@@ -42,7 +42,7 @@ def layer_loop(msr: MultiScaleRetention, x: torch.Tensor, style: str, eps: float
     w_norm = msr.g_norm.weight.detach().double()
     x = x.double()
     B, T, _ = x.shape
-    K, V = msr.head_k_dim, msr.head_v_dim
+    H, K, V = msr.num_heads, msr.head_k_dim, msr.head_v_dim
     y = torch.zeros(B, T, msr.hidden_size, dtype=torch.float64)
     for b in range(B):
         S = torch.zeros(H, K, V, dtype=torch.float64)
@@ -110,20 +110,27 @@ def test_quantized_layer_close_to_float64_loop(quant):
 
 @pytest.mark.parametrize("quant", [None, "int8"])
 def test_step_equals_recurrent_form_from_the_same_state(quant):
-    """init_cache(state of a chunk prefill) + step per token == recurrent form over the rest."""
+    """init_cache(state of a chunk prefill) + step per token == the recurrent form run on the
+    same tokens one call per token (bit for bit: the decoder is that form's kernel), and close
+    to the recurrent form over all of them in one call (whose projections of 9 tokens at once
+    may round differently in the last bit, which can flip an int8 code)."""
     gen = seeded(4000 + (quant is None))
     msr = MultiScaleRetention(D, H, quant=quant)
     x = torch.randn(2, 30, D, generator=gen)
     with torch.no_grad():
         _, s = msr(x[:, :21], output_final_state=True)
-        ref, s_ref = msr(x[:, 21:], state=s, position_offset=21, mode="recurrent", output_final_state=True)
         cache = msr.init_cache(2, state=s, position=21)
         ys = torch.stack([msr.step(x[:, t], cache) for t in range(21, 30)], 1)
+        per_token, s_tok = [], s
+        for t in range(21, 30):
+            y, s_tok = msr(
+                x[:, t : t + 1], state=s_tok, position_offset=t, mode="recurrent", output_final_state=True
+            )
+            per_token.append(y)
+        ref, s_ref = msr(x[:, 21:], state=s, position_offset=21, mode="recurrent", output_final_state=True)
     assert isinstance(cache, RetentionCache) and cache.position == 30
-    # Same retention (the decode kernel is the recurrent form's kernel); the projections of one
-    # token vs of 9 tokens may round differently in the last bits.
-    assert (ys - ref).abs().max().item() < 1e-5
-    assert (cache.state - s_ref).abs().max().item() < 1e-5
+    assert torch.equal(ys, torch.cat(per_token, 1)) and torch.equal(cache.state, s_tok)
+    assert rel(ys, ref) < (1e-5 if quant is None else 1e-2) and rel(cache.state, s_ref) < 1e-5
     if quant is None:
         assert rel(ys, msr(x)[0][:, 21:]) < 1e-5  # and, in float, == the chunk form
 
