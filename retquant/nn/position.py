@@ -55,8 +55,9 @@ class RotaryPosition(nn.Module):
             exponent = torch.linspace(0, 1, half, dtype=torch.float64)
         else:
             exponent = torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim
-        # float64 so that position * theta keeps its precision at long positions; cast per call
-        self.register_buffer("theta", self.base**-exponent, persistent=False)
+        # A plain float64 tensor, not a buffer (model.to(bfloat16) would round it): position * theta
+        # keeps its precision at long positions; the angles are cast per call.
+        self.theta = self.base**-exponent
 
     def angles(self, length: int, position_offset: int = 0, device=None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(cos, sin)``, each ``[length, K]`` float64, laid out to multiply q's last dimension."""
