@@ -9,7 +9,13 @@ from retquant.backends import cpu_extension
 from retquant.ops import RetentionDecoder, fused_recurrent_retention
 
 _NO_CPU = pytest.mark.skipif(cpu_extension.load_error() is not None, reason="no CPU extension")
-CASES = [("reference", "int8"), ("reference", None), pytest.param("cpu", "int8", marks=_NO_CPU)]
+CASES = [
+    ("reference", "int8"),
+    ("reference", None),
+    pytest.param("cpu", "int8", marks=_NO_CPU),
+    pytest.param("cpu", None, marks=_NO_CPU),  # the float path must not run the int8 kernel
+    (None, None),
+]
 
 
 def _seq(B, T, H, K, V, seed=0):

@@ -3,8 +3,9 @@
 The per-token call of a serving loop. It validates its configuration once, keeps the float32
 state ``[B, H, K, V]`` and, on the cpu backend with the int8 configuration, updates it in place
 with the C++ decode kernel (no new state tensor per token, no per-call argument resolution).
-On any other backend it runs :func:`fused_recurrent_retention` for one token and copies the new
-state back, so the results are the same as calling that op token by token.
+On any other backend, and on the float path (``quant=None``), it runs
+:func:`fused_recurrent_retention` for one token and copies the new state back, so the results are
+the same as calling that op token by token.
 """
 
 from __future__ import annotations
@@ -65,7 +66,9 @@ class RetentionDecoder:
         self.scale, self.g_gamma, self.quant, self.backend = call.scale, call.g_gamma, call.quant, backend
         self._check_state(state)
         self.state = state.detach().to(device=device, dtype=torch.float32).clone().contiguous()
-        self._kernel = self._impl is cpu.fused_recurrent
+        # The C++ decode kernel is the int8 one; the cpu backend's float path (quant=None) goes
+        # through fused_recurrent_retention below, or it would silently quantize.
+        self._kernel = self._impl is cpu.fused_recurrent and call.quant is not None
         if self._kernel:  # everything a step needs besides the tokens, resolved once
             self._ops = cpu_extension.ops()
             self._isa = cpu_extension.isa_code()  # RETQUANT_CPU_ISA as at construction
