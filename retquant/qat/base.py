@@ -210,7 +210,9 @@ class LearnableQuantizer(Quantizer):
     The parameter has shape ``[]`` per tensor or ``[num_channels]`` per channel. It is filled from
     the first batch (:meth:`init_value`) unless an initial value was given, then broadcast from
     rank 0 under ``torch.distributed``; the buffer ``initialized`` records that it was done (so a
-    loaded checkpoint is not re-initialised).
+    loaded checkpoint is not re-initialised). The first call of ``quantize``, ``forward`` or
+    ``qparams`` initialises; :meth:`maybe_init` does it explicitly (e.g. before building an
+    optimizer's state from the parameter's value).
     """
 
     granularities = (Granularity.TENSOR, Granularity.CHANNEL)
