@@ -13,5 +13,8 @@ want=$(cat pyproject.toml scripts/venv.sh | sha256sum | cut -c1-16)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   "$venv/bin/python" -m pip install -q torch==2.13.0
   "$venv/bin/python" -m pip install -q -e '.[dev,triton]'
+  # torchscale: the reference RetNet layer the tests compare with. --no-deps, because its
+  # requirements pull a CUDA torch, timm and fairscale; its component modules need none of them.
+  "$venv/bin/python" -m pip install -q --no-deps torchscale==0.3.0
   echo "$want" >"$stamp"
 fi
