@@ -15,6 +15,7 @@
 #include "cpu_isa.h"
 #include "gemm.h"
 #include "int8_linear.h"
+#include "output_alloc.h"
 
 namespace retquant {
 namespace {
@@ -34,14 +35,21 @@ void check_vec(const c10::optional<at::Tensor>& t, const char* name, int64_t n) 
               name, " must be a contiguous float32 CPU tensor [", n, "]");
 }
 
-// w [N, K] -> (packed [K4/4, N16, 4] zero padded, colsum [N16]); parallel over 16-column groups,
-// each column's 4-byte reduction groups scattered to their rows of the packed layout.
-std::tuple<at::Tensor, at::Tensor> int8_pack_weight(const at::Tensor& w) {
+void check_panel(int64_t panel) {
+  TORCH_CHECK(panel >= 16 && panel <= 64 && panel % 16 == 0,
+              "panel must be 16, 32, 48 or 64 columns, got ", panel);
+}
+
+// w [N, K] -> (packed [K4 * N16] in panels of `panel` columns (int8_linear.h), zero padded,
+// colsum [N16]); parallel over 16-column groups, each column's 4-byte reduction groups
+// scattered to their rows of its panel.
+std::tuple<at::Tensor, at::Tensor> int8_pack_weight(const at::Tensor& w, int64_t panel) {
   check_codes(w, "w_codes", 2);
+  check_panel(panel);
   const int64_t N = w.size(0), K = w.size(1);
   TORCH_CHECK(N < (1 << 30) && K < (1 << 30), "w_codes is too large for the int8 GEMM");
   const int64_t K4 = round_up(static_cast<int>(K), 4), N16 = round_up(static_cast<int>(N), 16);
-  at::Tensor packed = at::zeros({K4 / 4, N16, 4}, w.options());
+  at::Tensor packed = at::zeros({K4 * N16}, w.options());
   at::Tensor colsum = at::zeros({N16}, w.options().dtype(at::kInt));
   const int8_t* src = w.data_ptr<int8_t>();
   int8_t* dst = packed.data_ptr<int8_t>();
@@ -57,8 +65,10 @@ std::tuple<at::Tensor, at::Tensor> int8_pack_weight(const at::Tensor& w) {
         seen |= row[k] == -128;
       }
       cs[n] = s;
+      const int64_t p0 = n / panel * panel, width = std::min(panel, N16 - p0);
+      int8_t* col = dst + p0 * K4 + (n - p0) * 4;
       for (int64_t k4 = 0; k4 < K; k4 += 4)
-        std::memcpy(dst + (k4 / 4 * N16 + n) * 4, row + k4, static_cast<size_t>(std::min<int64_t>(4, K - k4)));
+        std::memcpy(col + k4 * width, row + k4, static_cast<size_t>(std::min<int64_t>(4, K - k4)));
     }
     if (seen) bad = true;
   });
@@ -76,17 +86,18 @@ RowsFn rows_for_isa(int64_t isa) {
 // a [M, K] codes times the packed weight; with a_scale (and w_scale) the float32 epilogue, else
 // the raw int32 product. n: the weight's output features (the packed layout pads them to 16).
 at::Tensor int8_linear_fwd(const at::Tensor& a, const at::Tensor& packed, const at::Tensor& colsum,
-                           int64_t n, const c10::optional<at::Tensor>& a_scale,
+                           int64_t n, int64_t panel, const c10::optional<at::Tensor>& a_scale,
                            const c10::optional<at::Tensor>& w_scale,
                            const c10::optional<at::Tensor>& bias, int64_t isa) {
   check_isa(isa, "int8_linear_fwd");
   check_codes(a, "a_codes", 2);
-  check_codes(packed, "w_packed", 3);
+  check_codes(packed, "w_packed", 1);
+  check_panel(panel);
   const int64_t M = a.size(0), K = a.size(1);
   const int64_t K4 = round_up(static_cast<int>(K), 4), N16 = round_up(static_cast<int>(n), 16);
   TORCH_CHECK(n >= 0 && n < (1 << 30) && K < (1 << 30), "int8_linear_fwd: sizes out of range");
-  TORCH_CHECK(packed.size(0) == K4 / 4 && packed.size(1) == N16 && packed.size(2) == 4,
-              "w_packed must be [", K4 / 4, ", ", N16, ", 4] for K = ", K, ", N = ", n);
+  TORCH_CHECK(packed.size(0) == K4 * N16, "w_packed must hold ", K4 * N16, " codes for K = ", K,
+              ", N = ", n);
   TORCH_CHECK(colsum.device().is_cpu() && colsum.scalar_type() == at::kInt && colsum.is_contiguous() &&
                   colsum.dim() == 1 && colsum.size(0) == N16,
               "w_colsum must be a contiguous int32 CPU tensor [", N16, "]");
@@ -96,14 +107,16 @@ at::Tensor int8_linear_fwd(const at::Tensor& a, const at::Tensor& packed, const 
   check_vec(w_scale, "w_scale", n);
   check_vec(bias, "bias", n);
   const bool raw = !a_scale.has_value();
-  at::Tensor out = at::empty({M, n}, a.options().dtype(raw ? at::kInt : at::kFloat));
+  // from the freed-output cache (output_alloc.cpp): a fresh 4-16 MB output page-faults for ~20%
+  // of the product's time at K = 256
+  at::Tensor out = empty_output({M, n}, raw ? at::kInt : at::kFloat);
   if (M == 0 || n == 0) return out;
 
   LinearArgs p{};
   p.a = a.data_ptr<int8_t>(); p.m = M;
   p.k = static_cast<int>(K); p.k4 = static_cast<int>(K4);
   p.b = packed.data_ptr<int8_t>(); p.colsum = colsum.data_ptr<int32_t>();
-  p.n = static_cast<int>(n); p.n16 = static_cast<int>(N16);
+  p.n = static_cast<int>(n); p.n16 = static_cast<int>(N16); p.panel = static_cast<int>(panel);
   p.a_scale = raw ? nullptr : a_scale->data_ptr<float>();
   p.w_scale = raw ? nullptr : w_scale->data_ptr<float>();
   p.bias = bias.has_value() ? bias->data_ptr<float>() : nullptr;
@@ -112,12 +125,12 @@ at::Tensor int8_linear_fwd(const at::Tensor& a, const at::Tensor& packed, const 
 
   // Task grid: row blocks of 64 when there are at least 4 per thread, else smaller ones (down
   // to 4 rows) for balance; when even those are fewer than 2 per thread (small M), the columns
-  // are split too, in groups of 16.
+  // are split too, in whole panels.
   const int64_t threads = at::get_num_threads();
   int64_t mb = kRowBlock;
   if ((M + mb - 1) / mb < 4 * threads) mb = std::max<int64_t>(4, round_up(static_cast<int>((M + 4 * threads - 1) / (4 * threads)), 4));
   const int64_t row_blocks = (M + mb - 1) / mb;
-  const int64_t units = N16 / 16;
+  const int64_t units = (N16 + panel - 1) / panel;
   const int64_t col_groups =
       row_blocks >= 2 * threads ? 1 : std::min(units, (2 * threads + row_blocks - 1) / row_blocks);
   const RowsFn rows = rows_for_isa(isa);
@@ -128,8 +141,8 @@ at::Tensor int8_linear_fwd(const at::Tensor& a, const at::Tensor& packed, const 
   at::parallel_for(0, row_blocks * col_groups, grain, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t rb = t / col_groups, cg = t % col_groups;
-      const int n0 = static_cast<int>(cg * units / col_groups * 16);
-      const int n1 = static_cast<int>(std::min<int64_t>(n, (cg + 1) * units / col_groups * 16));
+      const int n0 = static_cast<int>(cg * units / col_groups * panel);
+      const int n1 = static_cast<int>(std::min<int64_t>(n, (cg + 1) * units / col_groups * panel));
       if (n0 >= n1) continue;
       const int r = rows(p, rb * mb, std::min(M, (rb + 1) * mb), n0, n1);
       if (r < 0) {
@@ -149,11 +162,12 @@ at::Tensor int8_linear_fwd(const at::Tensor& a, const at::Tensor& packed, const 
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(retquant, m) {
-  m.def("int8_pack_weight(Tensor w_codes) -> (Tensor, Tensor)");
+  // panel: columns per packed panel (16 for the AVX2 / portable GEMMs, 64 for VNNI's tiles)
+  m.def("int8_pack_weight(Tensor w_codes, int panel) -> (Tensor, Tensor)");
   // isa: a kIsa* code of cpu_isa.h; without a_scale / w_scale the raw int32 product
   m.def(
-      "int8_linear_fwd(Tensor a_codes, Tensor w_packed, Tensor w_colsum, int n, Tensor? a_scale, "
-      "Tensor? w_scale, Tensor? bias, int isa) -> Tensor");
+      "int8_linear_fwd(Tensor a_codes, Tensor w_packed, Tensor w_colsum, int n, int panel, "
+      "Tensor? a_scale, Tensor? w_scale, Tensor? bias, int isa) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(retquant, CPU, m) {

@@ -8,11 +8,10 @@
 namespace retquant {
 namespace LIN_NS {
 
-// Rows per A block (64 x K bytes: 64 KB at K = 1024, in L2 while the block's column blocks run)
-// and columns per GEMM call (the int32 buffer 64 x 64 x 4 = 16 KB stays in L1 for the epilogue;
-// the K x 64 weight block in L2 is reused by the 16 row tiles of 4).
+// Rows per A block: 64 x K bytes (64 KB at K = 1024) stay in L2 while the block's weight panels
+// run; the int32 buffer of one panel (64 x 64 x 4 = 16 KB at most) stays in L1 for the epilogue.
 constexpr int kRowBlock = 64;
-constexpr int kColBlock = 64;
+constexpr int kMaxPanel = 64;
 
 // A per-thread buffer that grows to the largest size asked for (no allocation per call).
 struct Buffer {
@@ -79,7 +78,7 @@ static inline void copy_out(const int32_t* c, int ldc, int rows, int cols, int32
 static int linear_rows(const LinearArgs& p, int64_t m0, int64_t m1, int n0, int n1) {
   thread_local Buffer a_buf, c_buf;
   auto* a = static_cast<uint8_t*>(a_buf.get(static_cast<size_t>(kRowBlock) * p.k4 + 64));
-  auto* c = static_cast<int32_t*>(c_buf.get(sizeof(int32_t) * kRowBlock * kColBlock));
+  auto* c = static_cast<int32_t*>(c_buf.get(sizeof(int32_t) * kRowBlock * kMaxPanel));
   if (a == nullptr || c == nullptr) return -1;
   int status = 0;
   for (int64_t mb = m0; mb < m1; mb += kRowBlock) {
@@ -88,10 +87,13 @@ static int linear_rows(const LinearArgs& p, int64_t m0, int64_t m1, int n0, int 
       status |= kLinearCodeRange;  // the call raises: skip the product
       continue;
     }
-    for (int nb = n0; nb < n1; nb += kColBlock) {
-      const int cols = n1 - nb < kColBlock ? n1 - nb : kColBlock;
+    // One GEMM call per weight panel (contiguous [k4/4][width][4], int8_linear.h): the GEMM
+    // runs the block's row tiles on one panel, which stays in L1 (16 KB at K = 1024, width 16).
+    for (int nb = n0; nb < n1; nb += p.panel) {
+      const int width = p.n16 - nb < p.panel ? p.n16 - nb : p.panel;
+      const int cols = n1 - nb < width ? n1 - nb : width;
       const int cols16 = round_up(cols, 16);
-      GemmArgs g{a, p.k4, p.b + static_cast<int64_t>(nb) * 4, p.n16, p.colsum + nb, c, cols16,
+      GemmArgs g{a, p.k4, p.b + static_cast<int64_t>(nb) * p.k4, width, p.colsum + nb, c, cols16,
                  rows, cols16, p.k4};
       g.a_signed = LIN_SIGNED_A;
       LIN_GEMM(g);

@@ -57,15 +57,19 @@ _warned_fallback = False
 class PackedInt8Weight:
     """Weight codes ``[N, K]`` ready for :func:`int8_linear` / :func:`int8_matmul`.
 
-    On CPU (extension available): ``packed`` ``[ceil(K/4), ceil(N/16)*16, 4]`` int8 (four
-    consecutive reduction entries of one output channel adjacent, zero padded: ``csrc/gemm.h``'s
-    B layout) and ``colsum`` ``[ceil(N/16)*16]`` int32 (its column sums, for the VNNI path);
-    ``codes`` is None. Elsewhere ``codes`` holds the contiguous ``[N, K]`` codes and the other
-    two are None. Build it with :func:`pack_weight`.
+    On CPU (extension available): ``packed`` int8 ``[K4 * N16]`` (K, N rounded up to 4, 16;
+    zero padded) in panels of ``panel`` output channels (16, or 64 for the VNNI GEMM), each
+    ``[K4/4][width][4]``: four consecutive reduction entries of one channel adjacent
+    (``csrc/gemm.h``'s B layout, ``csrc/int8_linear.h``), and ``colsum`` ``[N16]`` int32 (its
+    column sums, for the VNNI path); ``codes`` is None. Any panel width is correct on every ISA
+    (only speed differs), so a weight packed under one ``RETQUANT_CPU_ISA`` serves all.
+    Elsewhere ``codes`` holds the contiguous ``[N, K]`` codes, ``packed`` and ``colsum`` are
+    None and ``panel`` is 0. Build it with :func:`pack_weight`.
     """
 
     n: int
     k: int
+    panel: int
     packed: torch.Tensor | None
     colsum: torch.Tensor | None
     codes: torch.Tensor | None
@@ -168,10 +172,12 @@ def pack_weight(w_codes: torch.Tensor) -> PackedInt8Weight:
     n, k = w_codes.shape
     w = w_codes.detach().contiguous()
     if _use_extension(w):
-        packed, colsum = cpu_extension.ops().int8_pack_weight(w)
-        return PackedInt8Weight(n, k, packed, colsum, None)
+        # the VNNI GEMM's widest tile is 64 columns, the AVX2 / portable ones' 16
+        panel = 64 if cpu_extension.isa() == "avx512" else 16
+        packed, colsum = cpu_extension.ops().int8_pack_weight(w, panel)
+        return PackedInt8Weight(n, k, panel, packed, colsum, None)
     _check_range(w, "w_codes")
-    return PackedInt8Weight(n, k, None, None, w)
+    return PackedInt8Weight(n, k, 0, None, None, w)
 
 
 def int8_matmul_reference(a_codes: torch.Tensor, w_codes: torch.Tensor) -> torch.Tensor:
@@ -191,7 +197,7 @@ def _matmul_impl(a: torch.Tensor, w: torch.Tensor | PackedInt8Weight) -> torch.T
     a = a.detach().contiguous()
     if isinstance(w, PackedInt8Weight) and w.packed is not None:
         return cpu_extension.ops().int8_linear_fwd(
-            a, w.packed, w.colsum, n, None, None, None, cpu_extension.isa_code()
+            a, w.packed, w.colsum, n, w.panel, None, None, None, cpu_extension.isa_code()
         )
     codes = w.codes if isinstance(w, PackedInt8Weight) else w.detach().contiguous()
     if _use_extension(a):
@@ -207,7 +213,7 @@ def _linear_impl(a, a_scale, w, w_scale, bias):
     a = a.detach().contiguous()
     if isinstance(w, PackedInt8Weight) and w.packed is not None:
         isa = cpu_extension.isa_code()
-        return cpu_extension.ops().int8_linear_fwd(a, w.packed, w.colsum, n, sa, sw, b, isa)
+        return cpu_extension.ops().int8_linear_fwd(a, w.packed, w.colsum, n, w.panel, sa, sw, b, isa)
     codes = w.codes if isinstance(w, PackedInt8Weight) else w.detach().contiguous()
     if _use_extension(a):
         return _linear_impl(a, sa, pack_weight(codes), sw, b)
@@ -234,10 +240,11 @@ def _int8_linear_packed_op(
     w_packed: torch.Tensor,
     w_colsum: torch.Tensor,
     n: int,
+    panel: int,
     w_scale: torch.Tensor,
     bias: torch.Tensor | None,
 ) -> torch.Tensor:
-    w = PackedInt8Weight(n, a_codes.shape[1], w_packed, w_colsum, None)
+    w = PackedInt8Weight(n, a_codes.shape[1], panel, w_packed, w_colsum, None)
     return _linear_impl(a_codes, a_scale, w, w_scale, bias)
 
 
@@ -254,7 +261,7 @@ def _(a_codes, a_scale, w_codes, w_scale, bias):
 
 
 @_int8_linear_packed_op.register_fake
-def _(a_codes, a_scale, w_packed, w_colsum, n, w_scale, bias):
+def _(a_codes, a_scale, w_packed, w_colsum, n, panel, w_scale, bias):
     _check_codes(a_codes, "a_codes", "[M, K]")
     m = a_codes.shape[0]
     _scales(a_scale, w_scale, bias, m, n, a_codes.device)
@@ -296,7 +303,7 @@ def int8_linear(
     if torch.compiler.is_compiling():
         if isinstance(w_codes, PackedInt8Weight) and w_codes.packed is not None:
             w = w_codes
-            return _int8_linear_packed_op(a_codes, a_scale, w.packed, w.colsum, w.n, w_scale, bias)
+            return _int8_linear_packed_op(a_codes, a_scale, w.packed, w.colsum, w.n, w.panel, w_scale, bias)
         codes = w_codes.codes if isinstance(w_codes, PackedInt8Weight) else w_codes
         return _int8_linear_op(a_codes, a_scale, codes, w_scale, bias)
     return _linear_impl(a_codes, a_scale, w_codes, w_scale, bias)
