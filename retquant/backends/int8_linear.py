@@ -23,9 +23,10 @@ wants: new codes each step; packing costs one pass over the weight). For a froze
 :func:`pack_weight` once and pass the :class:`PackedInt8Weight` instead. The packed weight is a
 snapshot: codes changed later are not seen (pack again).
 
-Under ``torch.compile`` the calls go through the custom ops ``retquant::int8_linear``,
-``retquant::int8_linear_packed`` and ``retquant::int8_matmul`` (fake impls give the shapes), so
-a caller compiles with ``fullgraph=True``.
+Under ``torch.compile`` the calls go through custom ops (``retquant::int8_linear``,
+``int8_linear_packed``, ``int8_matmul``, ``int8_matmul_packed``, ``quantize_per_token``; fake
+impls give the shapes and check them), so a caller compiles with ``fullgraph=True``; eager calls
+skip the dispatcher round trip.
 
 Example:
     >>> a = torch.randint(-127, 128, (4, 64), dtype=torch.int8)
@@ -253,6 +254,13 @@ def _int8_matmul_op(a_codes: torch.Tensor, w_codes: torch.Tensor) -> torch.Tenso
     return _matmul_impl(a_codes, w_codes)
 
 
+@torch.library.custom_op("retquant::int8_matmul_packed", mutates_args=())
+def _int8_matmul_packed_op(
+    a_codes: torch.Tensor, w_packed: torch.Tensor, w_colsum: torch.Tensor, n: int, panel: int
+) -> torch.Tensor:
+    return _matmul_impl(a_codes, PackedInt8Weight(n, a_codes.shape[1], panel, w_packed, w_colsum, None))
+
+
 @_int8_linear_op.register_fake
 def _(a_codes, a_scale, w_codes, w_scale, bias):
     m, n, _ = _check_pair(a_codes, w_codes)
@@ -272,6 +280,12 @@ def _(a_codes, a_scale, w_packed, w_colsum, n, panel, w_scale, bias):
 def _(a_codes, w_codes):
     m, n, _ = _check_pair(a_codes, w_codes)
     return a_codes.new_empty((m, n), dtype=torch.int32)
+
+
+@_int8_matmul_packed_op.register_fake
+def _(a_codes, w_packed, w_colsum, n, panel):
+    _check_codes(a_codes, "a_codes", "[M, K]")
+    return a_codes.new_empty((a_codes.shape[0], n), dtype=torch.int32)
 
 
 def int8_linear(
@@ -320,11 +334,11 @@ def int8_matmul(a_codes: torch.Tensor, w_codes: torch.Tensor | PackedInt8Weight)
         tensor([[    0, 32258]], dtype=torch.int32)
     """
     if torch.compiler.is_compiling():
-        if isinstance(w_codes, PackedInt8Weight):
-            if w_codes.codes is None:
-                raise TypeError("int8_matmul under torch.compile takes raw w_codes, not a packed weight")
-            w_codes = w_codes.codes
-        return _int8_matmul_op(a_codes, w_codes)
+        if isinstance(w_codes, PackedInt8Weight) and w_codes.packed is not None:
+            w = w_codes
+            return _int8_matmul_packed_op(a_codes, w.packed, w.colsum, w.n, w.panel)
+        codes = w_codes.codes if isinstance(w_codes, PackedInt8Weight) else w_codes
+        return _int8_matmul_op(a_codes, codes)
     return _matmul_impl(a_codes, w_codes)
 
 
@@ -340,12 +354,22 @@ def quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         >>> codes.tolist(), scale[1].item()
         ([[64, -127], [0, 0]], 1.0)
     """
+    if torch.compiler.is_compiling():
+        return _quantize_per_token_op(x)
+    return _quantize_per_token_impl(x)
+
+
+def _check_float_rows(x) -> None:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a float32 or bfloat16 torch.Tensor [M, K], got {type(x).__name__}")
     if x.dtype not in (torch.float32, torch.bfloat16):
         raise TypeError(f"x must be float32 or bfloat16 [M, K], got {x.dtype}")
     if x.dim() != 2 or x.shape[1] == 0:
         raise ValueError(f"x must have shape [M, K] with K >= 1, got {list(x.shape)}")
+
+
+def _quantize_per_token_impl(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    _check_float_rows(x)
     m, k = x.shape
     if m == 0:
         return torch.empty(0, k, dtype=torch.int8, device=x.device), x.new_empty(0, dtype=torch.float32)
@@ -359,3 +383,14 @@ def quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise nonfinite_error("x")
     scale, zero = compute_qparams(x, _TOKEN_INT8, (1,))
     return quantize(x, _TOKEN_INT8, scale, zero), scale.view(m)
+
+
+@torch.library.custom_op("retquant::quantize_per_token", mutates_args=())
+def _quantize_per_token_op(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return _quantize_per_token_impl(x)
+
+
+@_quantize_per_token_op.register_fake
+def _(x):
+    _check_float_rows(x)
+    return x.new_empty(x.shape, dtype=torch.int8), x.new_empty(x.shape[0], dtype=torch.float32)
