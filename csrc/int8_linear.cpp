@@ -67,8 +67,9 @@ std::tuple<at::Tensor, at::Tensor> int8_pack_weight(const at::Tensor& w, int64_t
       cs[n] = s;
       const int64_t p0 = n / panel * panel, width = std::min(panel, N16 - p0);
       int8_t* col = dst + p0 * K4 + (n - p0) * 4;
-      for (int64_t k4 = 0; k4 < K; k4 += 4)
-        std::memcpy(col + k4 * width, row + k4, static_cast<size_t>(std::min<int64_t>(4, K - k4)));
+      int64_t k4 = 0;
+      for (; k4 + 4 <= K; k4 += 4) std::memcpy(col + k4 * width, row + k4, 4);  // one 4-byte move
+      if (k4 < K) std::memcpy(col + k4 * width, row + k4, static_cast<size_t>(K - k4));
     }
     if (seen) bad = true;
   });

@@ -175,6 +175,9 @@ def test_bad_arguments_raise():
             int8_linear(*args)
     with pytest.raises(ValueError, match="must share K"):
         int8_matmul(a, pack_weight(torch.zeros(3, 7, dtype=torch.int8)))
+    long = torch.zeros(1, lin.MAX_K + 1, dtype=torch.int8)
+    with pytest.raises(ValueError, match="too long for exact int32 sums"):
+        int8_matmul(long, long)
 
 
 def test_quantize_per_token_matches_primitives(seed):

@@ -8,7 +8,8 @@ per-output-channel or per-tensor weight scales):
 in that order, each float32 operation rounded once, so the result is bit-identical to the
 PyTorch expression ``((acc.float() * a_scale[:, None]) * w_scale[None, :]) + bias``.
 
-Codes are symmetric int8 in [-127, 127] (4-bit codes in [-7, 7] stored as int8 work the same);
+Codes are symmetric int8 in [-127, 127] (4-bit codes in [-7, 7] stored as int8 work the same),
+K at most :data:`MAX_K` = 133143 (longer int32 sums could overflow). A code of
 -128 raises ``ValueError`` (the AVX2 sign-trick GEMM cannot multiply it exactly; the range is
 checked while the codes are copied into the GEMM's layout, not in an extra pass).
 
@@ -51,6 +52,8 @@ from retquant.quant.spec import QuantSpec
 from retquant.validate import nonfinite_error
 
 _TOKEN_INT8 = QuantSpec(bits=8, granularity="token")
+# Longest reduction whose int32 sums cannot overflow: K * 127 * 127 <= 2**31 - 1.
+MAX_K = (2**31 - 1) // (127 * 127)
 _warned_fallback = False
 
 
@@ -128,6 +131,8 @@ def _check_pair(a: torch.Tensor, w: torch.Tensor | PackedInt8Weight) -> tuple[in
             f"a_codes [M, K] and w_codes [N, K] must share K: got a_codes {list(a.shape)} and "
             f"w_codes [{n}, {k}]"
         )
+    if k > MAX_K:
+        raise ValueError(f"K = {k} is too long for exact int32 sums (K <= {MAX_K}): split the reduction")
     if a.device != dev:
         raise ValueError(f"a_codes ({a.device}) and w_codes ({dev}) must be on the same device")
     return a.shape[0], n, k
