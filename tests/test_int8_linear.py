@@ -100,6 +100,22 @@ def test_larger_shape_and_panel_width(isa, seed):
     assert torch.equal(int8_matmul(a, pw64), int8_matmul_reference(a, w)), f"seed {seed}, isa {isa}"
 
 
+def test_reused_output_buffers_are_fully_written(isa, seed):
+    """Outputs of 2 MiB or more come from freed ones (csrc/output_alloc.cpp): a NaN-poisoned
+    freed output must be overwritten everywhere, with one task grid by rows and one that splits
+    the columns too (few rows)."""
+    g = torch.Generator().manual_seed(seed)
+    for M, N in [(600, 1000), (3, 200_000)]:
+        a, w = _codes(g, M, 8), _codes(g, N, 8)
+        sa, sw = torch.rand(M, generator=g), torch.rand(N, generator=g)
+        want = _reference(a, sa, w, sw, None)
+        for _ in range(2):
+            y = int8_linear(a, sa, w, sw)
+            assert torch.equal(y, want), f"seed {seed}, isa {isa}, {M}x{N}"
+            y.fill_(float("nan"))
+            del y
+
+
 @pytest.mark.parametrize("pattern", ["+127", "-127", "alternating", "a+ w-"])
 def test_extreme_codes(isa, pattern):
     """All products at +-127 * 127 with K = 2052 (sums up to 33e6, pairs of 32258 in the AVX2
