@@ -129,7 +129,10 @@ at::Tensor int8_linear_fwd(const at::Tensor& a, const at::Tensor& packed, const 
   // are split too, in whole panels.
   const int64_t threads = at::get_num_threads();
   int64_t mb = kRowBlock;
-  if ((M + mb - 1) / mb < 4 * threads) mb = std::max<int64_t>(4, round_up(static_cast<int>((M + 4 * threads - 1) / (4 * threads)), 4));
+  if ((M + mb - 1) / mb < 4 * threads) {
+    const int64_t share = (M + 4 * threads - 1) / (4 * threads);  // < 64 here
+    mb = std::max<int64_t>(4, round_up(static_cast<int>(share), 4));
+  }
   const int64_t row_blocks = (M + mb - 1) / mb;
   const int64_t units = (N16 + panel - 1) / panel;
   const int64_t col_groups =

@@ -9,10 +9,11 @@
 // for a last narrower one), so that one panel is contiguous: with [K4/4][N16][4] over all
 // columns, consecutive reduction steps of one column tile are N16 * 4 bytes apart, 4 KB at
 // N = 1024, all in one L1 set (the tile thrashed L1: 10% slower). Column sums serve the VNNI
-// path. Any panel width (a multiple of 16) is correct for every ISA. Each task copies a block of activation rows into the A layout
-// (padded, biased for VNNI / portable), checking the codes on the way, runs the ISA's GEMM on
-// column blocks into a small int32 buffer and applies the epilogue from there (no [M, N] int32
-// intermediate: it would cost a write and a read of 4 bytes per output).
+// path. Any panel width (a multiple of 16) is correct for every ISA. Each task copies a block of
+// activation rows into the A layout (padded, biased for VNNI / portable), checking the codes on
+// the way, runs the ISA's GEMM panel by panel into a small int32 buffer and applies the epilogue
+// from there (no [M, N] int32 intermediate: it would cost a write and a read of 4 bytes per
+// output).
 #pragma once
 
 #include <cstdint>
