@@ -49,6 +49,10 @@ SOURCES = (
     "float_chunk_portable.cpp",
     "float_chunk_avx2.cpp",
     "float_chunk_avx512.cpp",
+    "int8_linear.cpp",
+    "int8_linear_portable.cpp",
+    "int8_linear_avx2.cpp",
+    "int8_linear_avx512.cpp",
 )
 # -ffp-contract=off and no fast-math: every float32 operation rounds once, as in the spec.
 # -fno-trapping-math only lets GCC assume no code reads floating-point exception flags, so it may
