@@ -1,4 +1,4 @@
-"""Modules: the multi-scale retention layer of a RetNet and its parts.
+"""Modules: the multi-scale retention layer of a RetNet and its parts, and the int8 linear layers.
 
 Example:
     >>> import torch
@@ -9,6 +9,15 @@ Example:
 from retquant.nn.ffn import GatedFFN
 from retquant.nn.norm import RMSNorm
 from retquant.nn.position import RotaryPosition
+from retquant.nn.quant_linear import Int8Linear, QuantLinear
 from retquant.nn.retention import MultiScaleRetention, RetentionCache
 
-__all__ = ["GatedFFN", "MultiScaleRetention", "RMSNorm", "RetentionCache", "RotaryPosition"]
+__all__ = [
+    "GatedFFN",
+    "Int8Linear",
+    "MultiScaleRetention",
+    "QuantLinear",
+    "RMSNorm",
+    "RetentionCache",
+    "RotaryPosition",
+]

@@ -33,9 +33,12 @@ def calibrate(
     """Run ``model`` over ``data`` so its :class:`ObservedQuantizer` s record ranges, then freeze them.
 
     The batches run under ``torch.no_grad()`` with the model in eval mode; each module's training
-    flag is restored afterwards. Every ``ObservedQuantizer`` in the model is then frozen (and
-    given its name in the model, for error messages); one that saw no data stays without a range
-    (a warning names it; quantizing with it raises "was never calibrated").
+    flag is restored afterwards. Quantizers frozen without a range (as ``quantize_`` leaves the
+    activation quantizers, so that forgetting to calibrate is an error) start observing; those
+    with a range keep it (``reset()`` one to calibrate it again). Every ``ObservedQuantizer`` in
+    the model is then frozen (and given its name in the model, for error messages); one that saw
+    no data stays without a range (a warning names it; quantizing with it raises "was never
+    calibrated").
 
     Args:
         model: the module holding observed quantizers.
@@ -69,6 +72,8 @@ def calibrate(
         warnings.warn("calibrate(): the model has no ObservedQuantizer; nothing to calibrate", stacklevel=2)
     for name, q in quantizers:
         q.name = name or q.name
+        if not q.calibrating and not q.has_range:  # frozen before any data (as quantize_ leaves them)
+            q.reset()
 
     total = len(data) if hasattr(data, "__len__") else None
     if num_batches is not None:

@@ -1,0 +1,228 @@
+"""``QuantLinear``: a linear layer whose forward is the int8 GEMM, for QAT and inference alike.
+
+Forward (training and eval): quantize the input activation and the weight with their
+quantizers, multiply the codes with the int8 GEMM (int32 accumulate), dequantize in the
+epilogue ``(acc * a_scale[m]) * w_scale[n] + bias[n]``. Backward (:class:`_Int8LinearSTE`): the
+gradients of a float linear layer at the *dequantized* operands, which then flow through each
+quantizer's own backward (STE, PACT, LSQ or TQT), so the learnable ranges train. The int8 codes
+and scales are what the layer saves for the backward, not float activations.
+
+:meth:`QuantLinear.convert` freezes the weight to its codes (:class:`Int8Linear`): the same
+kernel with the same codes, so the converted layer's output equals the QAT layer's in eval mode
+bit for bit.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from retquant.backends.int8_linear import int8_linear, pack_weight, quantize_per_token
+from retquant.qat import DynamicQuantizer, Quantizer
+from retquant.quant import Granularity, QuantSpec
+
+_FAST_TOKEN_SPEC = QuantSpec(bits=8, granularity=Granularity.TOKEN)  # the C++ per-token quantizer's
+
+
+def quantize_activation(quantizer: Quantizer, x: torch.Tensor):
+    """``(x_in, codes, scale)`` of the 2-D activation ``x``: ``x_in`` carries the gradient to
+    ``x`` (and the quantizer's parameters) and equals the dequantized codes, except for the
+    dynamic int8 per-token quantizer, whose gradient is the identity: then ``x`` itself is
+    passed and the codes come from the fused C++ quantizer (bit-identical to the primitives)."""
+    if type(quantizer) is DynamicQuantizer and quantizer.spec == _FAST_TOKEN_SPEC and x.device.type == "cpu":
+        codes, scale = quantize_per_token(x.detach().float())
+        return x, codes, scale
+    qt = quantizer.quantize(x)
+    return qt.x_hat, qt.codes, qt.scale
+
+
+class _Int8LinearSTE(torch.autograd.Function):
+    """``y = int8_linear(codes)`` forward; float linear gradients at the dequantized operands."""
+
+    @staticmethod
+    def forward(ctx, x_in, w_in, bias, a_codes, a_scale, w_codes, w_scale):
+        a_scale, w_scale = a_scale.reshape(-1), w_scale.reshape(-1)
+        ctx.save_for_backward(a_codes, a_scale, w_codes, w_scale)
+        ctx.has_bias = bias is not None
+        return int8_linear(a_codes, a_scale, w_codes, w_scale, None if bias is None else bias.detach())
+
+    @staticmethod
+    def backward(ctx, dy):
+        a_codes, a_scale, w_codes, w_scale = ctx.saved_tensors
+        dx = dw = db = None
+        if ctx.needs_input_grad[0]:
+            w_hat = w_codes.float() * w_scale.unsqueeze(-1)
+            dx = dy @ w_hat
+        if ctx.needs_input_grad[1]:
+            a_hat = a_codes.float() * (a_scale.unsqueeze(-1) if a_scale.numel() > 1 else a_scale)
+            dw = dy.t() @ a_hat
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            db = dy.sum(0)
+        return dx, dw, db, None, None, None, None
+
+
+def _check_quantizer(q, where: str, allowed: set[Granularity]) -> None:
+    if not isinstance(q, Quantizer):
+        raise TypeError(f"{where} must be a retquant.qat.Quantizer, got {type(q).__name__}")
+    s = q.spec
+    if s.bits not in (4, 8) or not s.symmetric or s.granularity not in allowed:
+        raise ValueError(
+            f"{where}: the int8 GEMM needs a symmetric 4- or 8-bit spec with granularity in "
+            f"{sorted(g.value for g in allowed)}, got bits={s.bits}, symmetric={s.symmetric}, "
+            f"granularity={s.granularity.value!r}"
+        )
+
+
+class QuantLinear(nn.Module):
+    """A linear layer computed with int8 codes: ``y = x_q @ w_q^T + bias``.
+
+    Args:
+        in_features, out_features, bias: as ``nn.Linear``.
+        weight_quantizer: quantizes ``weight`` ``[out, in]`` (granularity tensor or channel).
+        act_quantizer: quantizes the input rows (granularity tensor or token).
+
+    Example:
+        >>> from retquant.qat import LSQQuantizer, DynamicQuantizer
+        >>> from retquant import QuantSpec
+        >>> lin = QuantLinear(64, 32, weight_quantizer=LSQQuantizer(
+        ...     QuantSpec(granularity="channel"), num_channels=32),
+        ...     act_quantizer=DynamicQuantizer(QuantSpec(granularity="token")))
+        >>> lin(torch.randn(2, 5, 64)).shape
+        torch.Size([2, 5, 32])
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        weight_quantizer: Quantizer,
+        act_quantizer: Quantizer,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        _check_quantizer(weight_quantizer, "weight_quantizer", {Granularity.TENSOR, Granularity.CHANNEL})
+        _check_quantizer(act_quantizer, "act_quantizer", {Granularity.TENSOR, Granularity.TOKEN})
+        ref = nn.Linear(in_features, out_features, bias, device=device, dtype=dtype)
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = ref.weight
+        self.bias = ref.bias
+        self.weight_quantizer = weight_quantizer
+        self.act_quantizer = act_quantizer
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, weight_quantizer: Quantizer, act_quantizer: Quantizer):
+        """A ``QuantLinear`` sharing ``linear``'s parameters (no copy)."""
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
+        new = cls(
+            linear.in_features,
+            linear.out_features,
+            linear.bias is not None,
+            weight_quantizer=weight_quantizer,
+            act_quantizer=act_quantizer,
+            device="meta",
+        )
+        new.weight, new.bias = linear.weight, linear.bias
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_input(x, self.in_features)
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features).float()
+        wq = self.weight_quantizer.quantize(self.weight.float())
+        bias = None if self.bias is None else self.bias.float()
+        if getattr(self.act_quantizer, "calibrating", False):
+            # PTQ calibration: the observer records the float input, which flows on unquantized
+            y = F.linear(self.act_quantizer(x2), wq.x_hat, bias)
+            return y.reshape(*lead, self.out_features).to(x.dtype)
+        x_in, a_codes, a_scale = quantize_activation(self.act_quantizer, x2)
+        y = _Int8LinearSTE.apply(x_in, wq.x_hat, bias, a_codes, a_scale, wq.codes, wq.scale)
+        return y.reshape(*lead, self.out_features).to(x.dtype)
+
+    @torch.no_grad()
+    def convert(self) -> Int8Linear:
+        """The inference layer: weight frozen to its int8 codes, same activation quantizer."""
+        wq = self.weight_quantizer.quantize(self.weight.float())
+        bias = None if self.bias is None else self.bias.detach().float()
+        return Int8Linear(wq.codes, wq.scale.reshape(-1), bias, self.act_quantizer)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+        )
+
+
+class Int8Linear(nn.Module):
+    """Inference-only int8 linear layer: int8 weight codes + per-channel (or per-tensor) scales
+    held as buffers (so they save and load with ``state_dict``), the activation quantizer of the
+    layer it was converted from.
+
+    Example:
+        >>> from retquant.qat import DynamicQuantizer
+        >>> codes = torch.randint(-127, 128, (32, 64), dtype=torch.int8)
+        >>> lin = Int8Linear(codes, torch.full((32,), 0.01), None,
+        ...                  DynamicQuantizer(QuantSpec(granularity="token")))
+        >>> lin(torch.randn(3, 64)).shape
+        torch.Size([3, 32])
+    """
+
+    def __init__(self, weight_codes: torch.Tensor, weight_scale: torch.Tensor, bias, act_quantizer):
+        super().__init__()
+        if not (
+            isinstance(weight_codes, torch.Tensor)
+            and weight_codes.dtype == torch.int8
+            and weight_codes.dim() == 2
+        ):
+            raise TypeError("weight_codes must be an int8 tensor [out_features, in_features]")
+        self.out_features, self.in_features = weight_codes.shape
+        if weight_scale.numel() not in (1, self.out_features):
+            raise ValueError(
+                f"weight_scale must have 1 or out_features={self.out_features} elements, "
+                f"got shape {list(weight_scale.shape)}"
+            )
+        _check_quantizer(act_quantizer, "act_quantizer", {Granularity.TENSOR, Granularity.TOKEN})
+        self.register_buffer("weight_codes", weight_codes.contiguous())
+        self.register_buffer("weight_scale", weight_scale.float().reshape(-1).contiguous())
+        self.register_buffer("bias", None if bias is None else bias.float().contiguous())
+        self.act_quantizer = act_quantizer
+        self._packed, self._packed_key = None, None
+
+    def _weight(self):
+        """The weight packed for the GEMM, packed again only when the codes change (e.g. by
+        ``load_state_dict``, which writes them in place and so bumps their version)."""
+        w = self.weight_codes
+        if w.device.type != "cpu":
+            return w
+        key = (w.data_ptr(), w._version)
+        if key != self._packed_key:
+            self._packed, self._packed_key = pack_weight(w), key
+        return self._packed
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_input(x, self.in_features)
+        lead = x.shape[:-1]
+        _, codes, scale = quantize_activation(self.act_quantizer, x.reshape(-1, self.in_features).float())
+        y = int8_linear(codes, scale.reshape(-1), self._weight(), self.weight_scale, self.bias)
+        return y.reshape(*lead, self.out_features).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+        )
+
+
+def _check_input(x, in_features: int) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"input must be a torch.Tensor [..., {in_features}], got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"input must be a floating-point tensor, got {x.dtype}")
+    if x.dim() < 1 or x.shape[-1] != in_features:
+        raise ValueError(f"input must have shape [..., in_features={in_features}], got {list(x.shape)}")
+
+
+__all__ = ["Int8Linear", "QuantLinear", "quantize_activation"]

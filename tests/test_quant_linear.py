@@ -1,0 +1,129 @@
+"""QuantLinear: int8 GEMM forward equal to the exact integer formula, STE gradients equal to the
+autograd of the fake-quant float layer, conversion bit-identical, clear errors."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from retquant import QuantSpec
+from retquant.nn import Int8Linear, QuantLinear
+from retquant.qat import DynamicQuantizer, FixedQuantizer, LSQQuantizer, PACTQuantizer, TQTQuantizer
+from tests.conftest import assert_close
+
+W_CH = QuantSpec(bits=8, granularity="channel")
+A_TOK = QuantSpec(bits=8, granularity="token")
+A_TEN = QuantSpec(bits=8, granularity="tensor")
+
+
+def _make(kind: str, K: int, N: int, bits: int = 8, bias: bool = True):
+    wspec = QuantSpec(bits=bits, granularity="channel")
+    aspec = QuantSpec(bits=bits, granularity="tensor")
+    if kind == "dynamic":
+        wq, aq = DynamicQuantizer(wspec), DynamicQuantizer(QuantSpec(bits=bits, granularity="token"))
+    elif kind == "pact":
+        wq, aq = PACTQuantizer(wspec, num_channels=N), PACTQuantizer(aspec)
+    elif kind == "lsq":
+        wq, aq = LSQQuantizer(wspec, num_channels=N), LSQQuantizer(aspec)
+    elif kind == "tqt":
+        wq, aq = TQTQuantizer(wspec, num_channels=N), TQTQuantizer(aspec)
+    else:
+        wq, aq = (
+            DynamicQuantizer(wspec),
+            FixedQuantizer(QuantSpec(bits=bits, granularity="tensor", static_range=(-2.0, 2.0))),
+        )
+    return QuantLinear(K, N, bias, weight_quantizer=wq, act_quantizer=aq)
+
+
+def _exact(x_codes, x_scale, w_codes, w_scale, bias):
+    acc = (x_codes.double() @ w_codes.double().t()).to(torch.int32)  # exact: |acc| < 2**53
+    y = (acc.float() * x_scale.reshape(-1, 1)) * w_scale.reshape(1, -1)
+    return y if bias is None else y + bias
+
+
+@pytest.mark.parametrize("kind", ["dynamic", "pact", "lsq", "tqt", "fixed"])
+@pytest.mark.parametrize("bits", [8, 4])
+def test_forward_is_the_exact_integer_formula_and_grads_match_fake_quant(kind, bits, gen):
+    seed = gen.initial_seed()
+    B, T, K, N = 2, 37, 45, 19
+    torch.manual_seed(seed)
+    lin = _make(kind, K, N, bits)
+    x = torch.randn(B, T, K, generator=gen, requires_grad=True)
+    y = lin(x)
+    # independent forward: the quantizers' own codes, exact integer product, same epilogue
+    x2 = x.detach().reshape(-1, K)
+    aq, wq = lin.act_quantizer.quantize(x2), lin.weight_quantizer.quantize(lin.weight.detach())
+    ref = _exact(aq.codes, aq.scale, wq.codes, wq.scale, lin.bias.detach())
+    assert torch.equal(y.detach().reshape(-1, N), ref), f"seed={seed}"
+    # independent backward: autograd of the float fake-quant layer (quantizer x_hat paths)
+    g = torch.randn(y.shape, generator=gen)
+    y.backward(g)
+    got = {"x": x.grad.clone(), "w": lin.weight.grad.clone(), "b": lin.bias.grad.clone()}
+    got.update({n: p.grad.clone() for n, p in lin.named_parameters() if "quantizer" in n})
+    lin.zero_grad()
+    x.grad = None
+    x_hat = lin.act_quantizer(x.reshape(-1, K))
+    y_fq = F.linear(x_hat, lin.weight_quantizer(lin.weight), lin.bias)
+    y_fq.backward(g.reshape(-1, N))
+    want = {"x": x.grad, "w": lin.weight.grad, "b": lin.bias.grad}
+    want.update({n: p.grad for n, p in lin.named_parameters() if "quantizer" in n})
+    assert set(got) == set(want)
+    for name in want:
+        assert_close(f"grad {name} ({kind}, seed={seed})", got[name], want[name], rel=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["dynamic", "pact", "lsq", "tqt"])
+def test_convert_is_bit_identical_in_eval(kind, gen):
+    torch.manual_seed(gen.initial_seed())
+    lin = _make(kind, 33, 40)
+    x = torch.randn(5, 7, 33, generator=gen)
+    lin(x).sum().backward()  # lazily initialised ranges are set by a training step
+    lin.eval()
+    with torch.no_grad():
+        y = lin(x)
+    conv = lin.convert()
+    assert isinstance(conv, Int8Linear) and conv.weight_codes.dtype == torch.int8
+    assert torch.equal(conv(x), y)
+    # and it survives a state_dict round trip into a structurally equal layer
+    fresh = _make(kind, 33, 40)
+    fresh(x)
+    fresh = fresh.convert()
+    fresh.load_state_dict(conv.state_dict())
+    assert torch.equal(fresh(x), y)
+
+
+def test_saves_int8_codes_not_float_activations(gen):
+    lin = _make("dynamic", 64, 32)
+    x = torch.randn(128, 64, generator=gen, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        lin(x)
+    big = [t for t in saved if t.numel() >= 128 * 64]
+    assert big and all(t.dtype == torch.int8 for t in big), [(t.dtype, tuple(t.shape)) for t in big]
+
+
+def test_errors_name_the_argument():
+    with pytest.raises(ValueError, match="act_quantizer"):
+        QuantLinear(8, 4, weight_quantizer=DynamicQuantizer(W_CH), act_quantizer=DynamicQuantizer(W_CH))
+    with pytest.raises(ValueError, match="weight_quantizer"):
+        QuantLinear(8, 4, weight_quantizer=DynamicQuantizer(A_TOK), act_quantizer=DynamicQuantizer(A_TOK))
+    with pytest.raises(ValueError, match="symmetric"):
+        QuantLinear(
+            8,
+            4,
+            weight_quantizer=DynamicQuantizer(QuantSpec(symmetric=False, granularity="channel")),
+            act_quantizer=DynamicQuantizer(A_TOK),
+        )
+    with pytest.raises(ValueError, match="bits=16"):
+        QuantLinear(
+            8,
+            4,
+            weight_quantizer=DynamicQuantizer(QuantSpec(bits=16, granularity="channel")),
+            act_quantizer=DynamicQuantizer(A_TOK),
+        )
+    with pytest.raises(TypeError, match="weight_quantizer"):
+        QuantLinear(8, 4, weight_quantizer="int8", act_quantizer=DynamicQuantizer(A_TOK))
+    lin = QuantLinear(8, 4, weight_quantizer=DynamicQuantizer(W_CH), act_quantizer=DynamicQuantizer(A_TOK))
+    with pytest.raises(ValueError, match=r"in_features=8"):
+        lin(torch.randn(3, 7))
+    with pytest.raises(TypeError, match="floating-point"):
+        lin(torch.ones(3, 8, dtype=torch.int64))
