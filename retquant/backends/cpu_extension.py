@@ -53,6 +53,7 @@ SOURCES = (
     "int8_linear_portable.cpp",
     "int8_linear_avx2.cpp",
     "int8_linear_avx512.cpp",
+    "ste_tensor.cpp",
 )
 # -ffp-contract=off and no fast-math: every float32 operation rounds once, as in the spec.
 # -fno-trapping-math only lets GCC assume no code reads floating-point exception flags, so it may

@@ -14,13 +14,17 @@ bit for bit.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from retquant.backends import ste_tensor
 from retquant.backends.int8_linear import int8_linear, pack_weight, quantize_per_token
-from retquant.qat import DynamicQuantizer, Quantizer
-from retquant.quant import Granularity, QuantSpec
+from retquant.qat import DynamicQuantizer, LSQQuantizer, PACTQuantizer, Quantizer, TQTQuantizer
+from retquant.qat.base import MIN_STEP
+from retquant.quant import Granularity, QuantSpec, Rounding
 
 _FAST_TOKEN_SPEC = QuantSpec(bits=8, granularity=Granularity.TOKEN)  # the C++ per-token quantizer's
 
@@ -35,6 +39,72 @@ def quantize_activation(quantizer: Quantizer, x: torch.Tensor):
         return x, codes, scale
     qt = quantizer.quantize(x)
     return qt.x_hat, qt.codes, qt.scale
+
+
+_FUSED_MODES = {LSQQuantizer: "lsq", TQTQuantizer: "tqt", PACTQuantizer: "pact"}
+_LN2 = math.log(2.0)
+
+
+def fused_activation(quantizer: Quantizer, x: torch.Tensor):
+    """``(mode, s, alpha)`` when ``quantizer`` is a learnable per-tensor quantizer the fused CPU
+    ops compute exactly (nearest rounding, float32 CPU input, extension present), else None.
+    Initialises the quantizer's range from ``x`` on first use, as its own ``quantize`` would."""
+    mode = _FUSED_MODES.get(type(quantizer))
+    spec = quantizer.spec
+    if (
+        mode is None
+        or spec.granularity is not Granularity.TENSOR
+        or spec.rounding is not Rounding.NEAREST
+        or x.device.type != "cpu"
+        or x.dtype != torch.float32
+        or not ste_tensor.available()
+    ):
+        return None
+    scale, _ = quantizer.qparams(x)  # the scale its quantize() uses (initialises lazily)
+    alpha = 0.0
+    if mode == "pact":
+        alpha = float(getattr(quantizer, quantizer.param_name).detach().float().clamp_min(MIN_STEP))
+    return mode, float(scale.reshape(())), alpha
+
+
+class _FusedActInt8Linear(torch.autograd.Function):
+    """QuantLinear with a learnable per-tensor activation quantizer, fused: the activation codes
+    and the straight-through backward each in one pass of ``csrc/ste_tensor.cpp``; the int8
+    GEMM forward and the float gradients at the dequantized operands as in
+    :class:`_Int8LinearSTE`. Gradients equal those of the quantizer's own autograd Function
+    (up to the order of the sums)."""
+
+    @staticmethod
+    def forward(ctx, x, param, w_in, bias, w_codes, w_scale, quantizer, mode, s, alpha):
+        qmax = quantizer.spec.qmax
+        a_codes = ste_tensor.ste_codes(x.detach(), s, qmax)
+        a_scale = torch.tensor([s], dtype=torch.float32)
+        w_scale = w_scale.reshape(-1)
+        ctx.save_for_backward(x.detach(), a_codes, w_codes, w_scale)
+        ctx.meta = (quantizer, mode, s, alpha, qmax, bias is not None, param.shape)
+        return int8_linear(a_codes, a_scale, w_codes, w_scale, None if bias is None else bias.detach())
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, a_codes, w_codes, w_scale = ctx.saved_tensors
+        quantizer, mode, s, alpha, qmax, has_bias, pshape = ctx.meta
+        dy = dy.contiguous()
+        dx = dparam = dw = db = None
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+            dx_hat = dy @ (w_codes * w_scale.unsqueeze(-1))  # int8 * float32: one pass
+            dx, sums = ste_tensor.ste_backward(x, dx_hat, s, qmax, mode, alpha)
+            if mode == "lsq":
+                dp = sums[0] * quantizer.grad_scale(x)
+            elif mode == "tqt":
+                dp = sums[0] * (s * _LN2)
+            else:
+                dp = sums[1]
+            dparam = dp.float().reshape(pshape)
+        if ctx.needs_input_grad[2]:
+            dw = dy.t() @ (a_codes * torch.tensor(s))
+        if has_bias and ctx.needs_input_grad[3]:
+            db = dy.sum(0)
+        return dx, dparam, dw, db, None, None, None, None, None, None
 
 
 class _Int8LinearSTE(torch.autograd.Function):
@@ -52,10 +122,10 @@ class _Int8LinearSTE(torch.autograd.Function):
         a_codes, a_scale, w_codes, w_scale = ctx.saved_tensors
         dx = dw = db = None
         if ctx.needs_input_grad[0]:
-            w_hat = w_codes.float() * w_scale.unsqueeze(-1)
+            w_hat = w_codes * w_scale.unsqueeze(-1)  # int8 * float32: one pass
             dx = dy @ w_hat
         if ctx.needs_input_grad[1]:
-            a_hat = a_codes.float() * (a_scale.unsqueeze(-1) if a_scale.numel() > 1 else a_scale)
+            a_hat = a_codes * (a_scale.unsqueeze(-1) if a_scale.numel() > 1 else a_scale)
             dw = dy.t() @ a_hat
         if ctx.has_bias and ctx.needs_input_grad[2]:
             db = dy.sum(0)
@@ -139,6 +209,13 @@ class QuantLinear(nn.Module):
             # PTQ calibration: the observer records the float input, which flows on unquantized
             y = F.linear(self.act_quantizer(x2), wq.x_hat, bias)
             return y.reshape(*lead, self.out_features).to(x.dtype)
+        fused = fused_activation(self.act_quantizer, x2)
+        if fused is not None:
+            param = getattr(self.act_quantizer, self.act_quantizer.param_name)
+            y = _FusedActInt8Linear.apply(
+                x2, param, wq.x_hat, bias, wq.codes, wq.scale, self.act_quantizer, *fused
+            )
+            return y.reshape(*lead, self.out_features).to(x.dtype)
         x_in, a_codes, a_scale = quantize_activation(self.act_quantizer, x2)
         y = _Int8LinearSTE.apply(x_in, wq.x_hat, bias, a_codes, a_scale, wq.codes, wq.scale)
         return y.reshape(*lead, self.out_features).to(x.dtype)
@@ -206,7 +283,13 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_input(x, self.in_features)
         lead = x.shape[:-1]
-        _, codes, scale = quantize_activation(self.act_quantizer, x.reshape(-1, self.in_features).float())
+        x2 = x.reshape(-1, self.in_features).float()
+        fused = fused_activation(self.act_quantizer, x2)
+        if fused is not None:
+            _, s, _ = fused
+            codes, scale = ste_tensor.ste_codes(x2, s, self.act_quantizer.spec.qmax), torch.tensor([s])
+        else:
+            _, codes, scale = quantize_activation(self.act_quantizer, x2)
         y = int8_linear(codes, scale.reshape(-1), self._weight(), self.weight_scale, self.bias)
         return y.reshape(*lead, self.out_features).to(x.dtype)
 
