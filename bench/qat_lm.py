@@ -9,8 +9,10 @@ inference forward of the converted int8 model against the fp32 model.
   ``F.linear(aq(x), wq(w))`` on the quantize-dequantized float operands (the same LSQ quantizer
   modules), and q, k, v are int8 fake-quantized with torch ops before the float retention
   (:mod:`bench.fake_quant`'s emulation);
-- ``retquant QAT``: ``quantize_(model, QATConfig())``: LSQ weights (per channel) and input
-  activations (per tensor), int8 retention operands; int8 kernels forward, STE backward;
+- ``retquant QAT``: ``quantize_(model, QATConfig(...))``: LSQ weights (per channel) with LSQ
+  input activations (per tensor, the default) or dynamic per-token activations, int8 retention
+  operands; int8 kernels forward, STE backward (each against the fake-quant peer with the same
+  quantizers);
 - ``fp32 forward`` vs ``int8 forward``: ``torch.no_grad()`` inference of the fp32 model and of
   the converted model (``convert_``).
 
@@ -31,11 +33,19 @@ from torch import nn
 
 from bench.cpu_peers import cpu_name
 from bench.fake_quant import _fake_quant
+from retquant import QuantSpec
 from retquant.backends import cpu_extension
 from retquant.constants import CHUNK_SIZE
 from retquant.models import RetNetConfig, RetNetLM
 from retquant.nn import MultiScaleRetention
-from retquant.quantization import QATConfig, build_quantizer, convert_, quantize_
+from retquant.quantization import (
+    LinearQuantConfig,
+    QATConfig,
+    QuantizerConfig,
+    build_quantizer,
+    convert_,
+    quantize_,
+)
 
 SHAPE = {"hidden_size": 256, "num_layers": 4, "num_heads": 8, "T": 512, "B": 8}
 QUICK = {"hidden_size": 128, "num_layers": 2, "num_heads": 4, "T": 256, "B": 4}
@@ -63,7 +73,19 @@ class FakeQuantRetention(MultiScaleRetention):
         return _fake_quant(q, dim=-1), _fake_quant(k, dim=-1), vf, g
 
 
-def build(kind: str, shape: dict, seed: int = 0) -> RetNetLM:
+# The two QAT linear configurations timed: LSQ weights (per channel) with LSQ input activations
+# (per tensor: the QATConfig default), or with dynamic int8 per-token activations.
+LINEAR = {
+    "lsq": QATConfig().linear,
+    "dyn": LinearQuantConfig(
+        weight=QuantizerConfig("lsq", QuantSpec(granularity="channel")),
+        activation=QuantizerConfig("dynamic", QuantSpec(granularity="token")),
+    ),
+}
+
+
+def build(kind: str, shape: dict, linear: str = "lsq", seed: int = 0) -> RetNetLM:
+    """``kind``: "fp32", "fake" (fake-quant peer) or "qat" (retquant); ``linear``: a LINEAR key."""
     torch.manual_seed(seed)
     cfg = RetNetConfig(
         vocab_size=VOCAB,
@@ -73,13 +95,14 @@ def build(kind: str, shape: dict, seed: int = 0) -> RetNetLM:
     )
     model = RetNetLM(cfg)
     if kind == "qat":
-        quantize_(model, QATConfig())
+        quantize_(model, QATConfig(linear=LINEAR[linear]))
     elif kind == "fake":
-        lin_cfg = QATConfig().linear
+        lin_cfg = LINEAR[linear]
         for name, m in list(model.named_modules()):
             if type(m) is nn.Linear:
                 wq = build_quantizer(lin_cfg.weight, m.out_features)
-                model.set_submodule(name, FakeQuantLinear(m, wq, build_quantizer(lin_cfg.activation)))
+                aq = build_quantizer(lin_cfg.activation, role="activation")
+                model.set_submodule(name, FakeQuantLinear(m, wq, aq))
             elif type(m) is MultiScaleRetention:
                 m.__class__ = FakeQuantRetention  # bench-only: same parameters, fake-quant q/k/v
     return model
@@ -111,48 +134,51 @@ def main(argv=None):
     print(f"# {cpu_name()}, CPU kernel ISA {isa}, {args.threads} threads, torch {torch.__version__}")
     print(f"# small RetNet LM: {shape}, vocab {VOCAB}; medians of {args.repeats}")
 
-    models = {k: build(k, shape) for k in ("fp32", "fake", "qat")}
+    kinds = {"fp32": ("fp32", "lsq")} | {f"{k} {lin}": (k, lin) for lin in LINEAR for k in ("fake", "qat")}
+    models = {name: build(kind, shape, lin) for name, (kind, lin) in kinds.items()}
     opts = {k: torch.optim.Adam(m.parameters(), lr=1e-4) for k, m in models.items()}
     steps = {k: (lambda k=k: train_step(models[k], opts[k], ids)) for k in models}
     for fn in steps.values():  # warm-up (and the lazy initialisation of learnable ranges)
         fn()
-    conv = convert_(build("qat", shape)).eval()
-    conv.loss(ids)  # initialise activation ranges as a trained model would have them
-    fp32_eval = models["fp32"].eval()
-    infer = {
-        "fp32": lambda: fp32_eval(ids[:, :-1]),
-        "int8": lambda: conv(ids[:, :-1]),
-    }
+    infer = {"fp32": build("fp32", shape).eval()}
+    for lin in LINEAR:
+        conv = convert_(build("qat", shape, lin)).eval()
+        conv.loss(ids)  # initialise activation ranges as a trained model would have them
+        infer[f"int8 {lin}"] = conv
     times = {f"train {k}": [] for k in steps} | {f"forward {k}": [] for k in infer}
     for _ in range(args.repeats):
         for k, fn in steps.items():
-            models[k].train()
             t0 = time.perf_counter()
             fn()
             times[f"train {k}"].append(time.perf_counter() - t0)
         with torch.no_grad():
-            for k, fn in infer.items():
+            for k, m in infer.items():
                 t0 = time.perf_counter()
-                fn()
+                m(ids[:, :-1])
                 times[f"forward {k}"].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
-    rows = [
-        ("train step fp32", med["train fp32"], 1.0, "(baseline)"),
-        ("train step fake-quant QAT", med["train fake"], med["train fp32"] / med["train fake"], ""),
-        (
-            "train step retquant QAT",
-            med["train qat"],
-            med["train fp32"] / med["train qat"],
-            f"{med['train fake'] / med['train qat']:.2f}x vs fake-quant",
-        ),
-        ("forward fp32 (no grad)", med["forward fp32"], 1.0, "(baseline)"),
-        ("forward converted int8", med["forward int8"], med["forward fp32"] / med["forward int8"], ""),
-    ]
-    print(f"{'row':32s} {'ms':>9s} {'speed vs fp32':>14s}")
+    label = {"lsq": "LSQ W/channel + LSQ A/tensor", "dyn": "LSQ W/channel + dynamic A/token"}
+    rows = [("train step fp32", med["train fp32"], 1.0, "(baseline)")]
+    for lin in LINEAR:
+        fake, ours = med[f"train fake {lin}"], med[f"train qat {lin}"]
+        rows.append((f"train fake-quant QAT, {label[lin]}", fake, med["train fp32"] / fake, ""))
+        rows.append(
+            (
+                f"train retquant QAT, {label[lin]}",
+                ours,
+                med["train fp32"] / ours,
+                f"{fake / ours:.2f}x vs fake-quant",
+            )
+        )
+    rows.append(("forward fp32 (no grad)", med["forward fp32"], 1.0, "(baseline)"))
+    for lin in LINEAR:
+        ms = med[f"forward int8 {lin}"]
+        rows.append((f"forward converted int8, {label[lin]}", ms, med["forward fp32"] / ms, ""))
+    print(f"{'row':58s} {'ms':>9s} {'speed vs fp32':>14s}")
     for name, ms, ratio, note in rows:
-        print(f"{name:32s} {ms:9.1f} {ratio:13.2f}x  {note}")
+        print(f"{name:58s} {ms:9.1f} {ratio:13.2f}x  {note}")
     if args.profile:
-        _profile(steps["qat"], models["qat"])
+        _profile(steps["qat lsq"], models["qat lsq"])
     if args.json:
         with open(args.json, "w") as f:
             json.dump(
