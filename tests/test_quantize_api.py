@@ -211,3 +211,20 @@ def test_save_and_load_converted_and_qat_models(gen, tmp_path):
     assert sum(isinstance(m, Int8Linear) for m in fresh.modules()) > 0
     with torch.no_grad():
         assert torch.equal(fresh(ids), model(ids))
+
+
+@pytest.mark.parametrize("method", ["minmax", "ema_minmax", "percentile", "mse", "aciq", "dynamic"])
+def test_every_ptq_activation_method_calibrates_and_converts(method, gen):
+    seed = gen.initial_seed() % 1000
+    gran = "token" if method == "dynamic" else "tensor"
+    act = QuantizerConfig(method, QuantSpec(bits=8, granularity=gran))
+    weight = QuantizerConfig("mse" if method == "mse" else "minmax", QuantSpec(bits=8, granularity="channel"))
+    cfg = PTQConfig(linear=LinearQuantConfig(weight=weight, activation=act))
+    model = quantize_(tiny_lm(seed).eval(), cfg)
+    if method != "dynamic":
+        calibrate(model, [batch(gen) for _ in range(2)], progress=False)
+    ids = batch(gen)
+    with torch.no_grad():
+        before = model(ids)
+        assert torch.isfinite(before).all()
+        assert torch.equal(convert_(model)(ids), before), f"{method} (seed={seed})"
