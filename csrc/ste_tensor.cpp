@@ -6,6 +6,7 @@
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -41,7 +42,8 @@ void check_scale(double s, int64_t qmax) {
 
 }  // namespace
 
-at::Tensor ste_tensor_codes(const at::Tensor& x, double s, int64_t qmax, int64_t isa) {
+std::tuple<at::Tensor, int64_t> ste_tensor_codes(const at::Tensor& x, double s, int64_t qmax,
+                                                 int64_t isa) {
   check_isa(isa, "ste_tensor_codes");
   check_float(x, "x");
   check_scale(s, qmax);
@@ -50,14 +52,12 @@ at::Tensor ste_tensor_codes(const at::Tensor& x, double s, int64_t qmax, int64_t
   int8_t* cp = codes.data_ptr<int8_t>();
   const float sf = static_cast<float>(s), q = static_cast<float>(qmax);
   const bool v = isa >= kIsaAvx2;  // the AVX-512 path has no copy of its own: AVX2 serves
+  std::atomic<int> bad{0};
   at::parallel_for(0, x.numel(), kGrain, [&](int64_t b, int64_t e) {
-    if (v) {
-      st_avx2::codes_of(xp + b, e - b, sf, q, cp + b);
-    } else {
-      st_base::codes_of(xp + b, e - b, sf, q, cp + b);
-    }
+    bad.fetch_or(v ? st_avx2::codes_of(xp + b, e - b, sf, q, cp + b)
+                   : st_base::codes_of(xp + b, e - b, sf, q, cp + b));
   });
-  return codes;
+  return {codes, bad.load()};
 }
 
 std::tuple<at::Tensor, at::Tensor> ste_tensor_backward(const at::Tensor& x, const at::Tensor& g,
@@ -100,7 +100,7 @@ std::tuple<at::Tensor, at::Tensor> ste_tensor_backward(const at::Tensor& x, cons
 }
 
 TORCH_LIBRARY_FRAGMENT(retquant, m) {
-  m.def("ste_tensor_codes(Tensor x, float s, int qmax, int isa) -> Tensor");
+  m.def("ste_tensor_codes(Tensor x, float s, int qmax, int isa) -> (Tensor, int)");
   m.def(
       "ste_tensor_backward(Tensor x, Tensor g, float s, int qmax, float alpha, int mode, int isa) -> "
       "(Tensor, Tensor)");

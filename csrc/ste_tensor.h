@@ -14,8 +14,10 @@ constexpr int64_t kSteTqt = 1;   // -qmax <= round(x / s) <= qmax
 constexpr int64_t kStePact = 2;  // -alpha <= x <= alpha
 
 // `isa`: a code of cpu_isa.h (the AVX2 loops serve AVX-512 too).
-// codes int8 = round_half_even(clamp(x / s, -qmax, qmax)); x float32 contiguous.
-at::Tensor ste_tensor_codes(const at::Tensor& x, double s, int64_t qmax, int64_t isa);
+// (codes int8 = round_half_even(clamp(x / s, -qmax, qmax)), 1 if any x is inf/NaN else 0);
+// x float32 contiguous.
+std::tuple<at::Tensor, int64_t> ste_tensor_codes(const at::Tensor& x, double s, int64_t qmax,
+                                                 int64_t isa);
 
 // (dx = g inside else 0, sums float64 [2]): sums[0] = sum g * (inside ? round(t) - t : +-qmax),
 // sums[1] = sum g * (above ? 1 : below ? -1 : 0), t = x / s.

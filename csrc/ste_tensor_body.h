@@ -16,14 +16,19 @@ static inline float rhe(float t) {
   return (t + kMagic) - kMagic;
 }
 
-static void codes_of(const float* __restrict__ x, int64_t n, float s, float qmax,
-                     int8_t* __restrict__ codes) {
+// Returns 1 if any x is inf or NaN (an int OR, so the loop still vectorizes).
+static int codes_of(const float* __restrict__ x, int64_t n, float s, float qmax,
+                    int8_t* __restrict__ codes) {
+  constexpr float kFloatMax = 3.40282347e+38f;
+  int bad = 0;
   for (int64_t i = 0; i < n; ++i) {
+    bad |= !(std::fabs(x[i]) <= kFloatMax);
     float t = x[i] / s;
     t = t < -qmax ? -qmax : t;
     t = t > qmax ? qmax : t;
     codes[i] = static_cast<int8_t>(static_cast<int>(rhe(t)));
   }
+  return bad;
 }
 
 // dx = g where inside; sums[0] += g * (inside ? rhe(t) - t : (below ? -qmax : qmax));

@@ -22,6 +22,9 @@ def _make(kind: str, K: int, N: int, bits: int = 8, bias: bool = True):
         wq, aq = DynamicQuantizer(wspec), DynamicQuantizer(QuantSpec(bits=bits, granularity="token"))
     elif kind == "pact":
         wq, aq = PACTQuantizer(wspec, num_channels=N), PACTQuantizer(aspec)
+    elif kind == "pact_clip":  # ranges well inside the data: clipping (and alpha's gradient) active
+        wq = PACTQuantizer(wspec, num_channels=N, init_alpha=0.05)
+        aq = PACTQuantizer(aspec, init_alpha=0.7)
     elif kind == "lsq":
         wq, aq = LSQQuantizer(wspec, num_channels=N), LSQQuantizer(aspec)
     elif kind == "tqt":
@@ -40,7 +43,7 @@ def _exact(x_codes, x_scale, w_codes, w_scale, bias):
     return y if bias is None else y + bias
 
 
-@pytest.mark.parametrize("kind", ["dynamic", "pact", "lsq", "tqt", "fixed"])
+@pytest.mark.parametrize("kind", ["dynamic", "pact", "pact_clip", "lsq", "tqt", "fixed"])
 @pytest.mark.parametrize("bits", [8, 4])
 def test_forward_is_the_exact_integer_formula_and_grads_match_fake_quant(kind, bits, gen):
     seed = gen.initial_seed()
@@ -67,6 +70,8 @@ def test_forward_is_the_exact_integer_formula_and_grads_match_fake_quant(kind, b
     want = {"x": x.grad, "w": lin.weight.grad, "b": lin.bias.grad}
     want.update({n: p.grad for n, p in lin.named_parameters() if "quantizer" in n})
     assert set(got) == set(want)
+    if kind == "pact_clip":
+        assert all(got[n].abs().sum() > 0 for n in got if "quantizer" in n), "no clipping: alpha untested"
     for name in want:
         assert_close(f"grad {name} ({kind}, seed={seed})", got[name], want[name], rel=1e-5)
 
@@ -91,14 +96,38 @@ def test_convert_is_bit_identical_in_eval(kind, gen):
     assert torch.equal(fresh(x), y)
 
 
-def test_saves_int8_codes_not_float_activations(gen):
-    lin = _make("dynamic", 64, 32)
+@pytest.mark.parametrize("kind", ["dynamic", "lsq"])
+def test_saves_int8_codes_and_only_what_the_range_gradient_needs(kind, gen):
+    lin = _make(kind, 64, 32)
     x = torch.randn(128, 64, generator=gen, requires_grad=True)
+    lin(x)  # the first call initialises the learned ranges; measure a training step after it
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
         lin(x)
-    big = [t for t in saved if t.numel() >= 128 * 64]
-    assert big and all(t.dtype == torch.int8 for t in big), [(t.dtype, tuple(t.shape)) for t in big]
+    big = sorted(str(t.dtype) for t in saved if t.numel() >= 128 * 64)
+    # dynamic ranges: the codes only; a learned range's gradient needs the float input as well
+    assert big == (["torch.int8"] if kind == "dynamic" else ["torch.float32", "torch.int8"]), big
+
+
+@pytest.mark.parametrize("kind", ["dynamic", "lsq", "pact"])
+@pytest.mark.parametrize("bits", [8, 4])
+def test_inf_input_is_an_error_and_leaves_the_ranges_alone(kind, bits):
+    lin = _make(kind, 8, 4, bits)
+    x = torch.randn(3, 8)
+    x[1, 2] = float("inf")
+    with pytest.raises(ValueError, match="inf or NaN"):
+        lin(x)
+    assert all(torch.isfinite(p).all() for p in lin.parameters())
+    lin(torch.randn(3, 8))  # and the layer still works
+
+
+def test_int8_linear_survives_model_to_bfloat16(gen):
+    lin = _make("lsq", 16, 8)
+    x = torch.randn(5, 16, generator=gen)
+    lin(x)
+    conv = lin.convert().to(torch.bfloat16)
+    y = conv(x.to(torch.bfloat16))
+    assert y.dtype == torch.bfloat16 and torch.isfinite(y.float()).all()
 
 
 def test_errors_name_the_argument():
@@ -118,6 +147,13 @@ def test_errors_name_the_argument():
             8,
             4,
             weight_quantizer=DynamicQuantizer(QuantSpec(bits=16, granularity="channel")),
+            act_quantizer=DynamicQuantizer(A_TOK),
+        )
+    with pytest.raises(ValueError, match="rounding must be 'nearest'"):
+        QuantLinear(
+            8,
+            4,
+            weight_quantizer=DynamicQuantizer(QuantSpec(rounding="stochastic", granularity="channel")),
             act_quantizer=DynamicQuantizer(A_TOK),
         )
     with pytest.raises(TypeError, match="weight_quantizer"):

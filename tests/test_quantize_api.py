@@ -77,6 +77,14 @@ def test_bad_configs_name_the_field():
                 ),
             )
         )
+    with pytest.raises(ValueError, match=r"QuantizerConfig\.percentile must be a number in \(50, 100\]"):
+        QuantizerConfig("percentile", percentile=30)
+    with pytest.raises(ValueError, match=r"QuantizerConfig\.percentile"):
+        QuantizerConfig("percentile", percentile="99.9")
+    with pytest.raises(ValueError, match=r"LinearQuantConfig\.weight\.spec\.rounding must be 'nearest'"):
+        LinearQuantConfig(
+            weight=QuantizerConfig("minmax", QuantSpec(granularity="channel", rounding="stochastic"))
+        )
     with pytest.raises(ValueError, match=r"QATConfig\.retention"):
         QATConfig(retention="int3")
     with pytest.raises(ValueError, match="granularity"):
@@ -206,6 +214,9 @@ def test_save_and_load_converted_and_qat_models(gen, tmp_path):
     sd = model.state_dict()
     assert any(v.dtype == torch.int8 for v in sd.values())
     torch.save(sd, tmp_path / "int8.pt")
+    # a converted model generates (prefill + O(1) decode through its int8 linears)
+    out = model.generate(ids[:1, :10], 5)
+    assert out.shape == (1, 15)
     fresh = convert_(quantize_(tiny_lm(seed % 1000 + 2), cfg)).eval()
     fresh.load_state_dict(torch.load(tmp_path / "int8.pt"))
     assert sum(isinstance(m, Int8Linear) for m in fresh.modules()) > 0

@@ -38,9 +38,10 @@ def test_codes_equal_primitives(isa, bits, n, gen):
 
 
 @pytest.mark.parametrize("mode", ["lsq", "tqt", "pact"])
-def test_backward_equals_the_quantizers_autograd(isa, mode, gen):
-    spec = QuantSpec(bits=4, granularity="tensor")
-    x = (torch.randn(3001, 7, generator=gen) * 2).requires_grad_(True)
+@pytest.mark.parametrize("bits", [4, 8])
+def test_backward_equals_the_quantizers_autograd(isa, mode, bits, gen):
+    spec = QuantSpec(bits=bits, granularity="tensor")
+    x = (torch.randn(3001, 7, generator=gen) * (2 if bits == 4 else 40)).requires_grad_(True)  # clipped too
     g = torch.randn(3001, 7, generator=gen)
     if mode == "lsq":
         p = torch.tensor(0.21, requires_grad=True)

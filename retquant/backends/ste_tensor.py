@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 
 from retquant.backends import cpu_extension
+from retquant.validate import nonfinite_error
 
 MODES = {"lsq": 0, "tqt": 1, "pact": 2}
 
@@ -37,9 +38,15 @@ def _check(x: torch.Tensor, name: str) -> torch.Tensor:
     return x.contiguous()
 
 
-def ste_codes(x: torch.Tensor, s: float, qmax: int) -> torch.Tensor:
-    """int8 codes of ``x`` with the one scale ``s`` (a positive float32 value), ``|code| <= qmax``."""
-    return cpu_extension.ops().ste_tensor_codes(_check(x, "x"), float(s), int(qmax), cpu_extension.isa_code())
+def ste_codes(x: torch.Tensor, s: float, qmax: int, *, name: str = "x") -> torch.Tensor:
+    """int8 codes of ``x`` with the one scale ``s`` (a positive float32 value), ``|code| <= qmax``;
+    ``ValueError`` naming ``name`` if ``x`` holds inf or NaN."""
+    codes, bad = cpu_extension.ops().ste_tensor_codes(
+        _check(x, name), float(s), int(qmax), cpu_extension.isa_code()
+    )
+    if bad:
+        raise nonfinite_error(name)
+    return codes
 
 
 def ste_backward(

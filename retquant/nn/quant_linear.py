@@ -4,8 +4,9 @@ Forward (training and eval): quantize the input activation and the weight with t
 quantizers, multiply the codes with the int8 GEMM (int32 accumulate), dequantize in the
 epilogue ``(acc * a_scale[m]) * w_scale[n] + bias[n]``. Backward (:class:`_Int8LinearSTE`): the
 gradients of a float linear layer at the *dequantized* operands, which then flow through each
-quantizer's own backward (STE, PACT, LSQ or TQT), so the learnable ranges train. The int8 codes
-and scales are what the layer saves for the backward, not float activations.
+quantizer's own backward (STE, PACT, LSQ or TQT), so the learnable ranges train. The layer saves
+the int8 codes and scales for its own backward; a learnable activation quantizer (PACT, LSQ,
+TQT) also keeps the float input, which its range gradient needs.
 
 :meth:`QuantLinear.convert` freezes the weight to its codes (:class:`Int8Linear`): the same
 kernel with the same codes, so the converted layer's output equals the QAT layer's in eval mode
@@ -25,6 +26,7 @@ from retquant.backends.int8_linear import int8_linear, pack_weight, quantize_per
 from retquant.qat import DynamicQuantizer, LSQQuantizer, PACTQuantizer, Quantizer, TQTQuantizer
 from retquant.qat.base import MIN_STEP
 from retquant.quant import Granularity, QuantSpec, Rounding
+from retquant.validate import nonfinite_error
 
 _FAST_TOKEN_SPEC = QuantSpec(bits=8, granularity=Granularity.TOKEN)  # the C++ per-token quantizer's
 
@@ -37,6 +39,8 @@ def quantize_activation(quantizer: Quantizer, x: torch.Tensor):
     if type(quantizer) is DynamicQuantizer and quantizer.spec == _FAST_TOKEN_SPEC and x.device.type == "cpu":
         codes, scale = quantize_per_token(x.detach().float())
         return x, codes, scale
+    if not torch.isfinite(x).all():  # what the fused quantizers report, for every quantizer
+        raise nonfinite_error("input")
     qt = quantizer.quantize(x)
     return qt.x_hat, qt.codes, qt.scale
 
@@ -60,6 +64,8 @@ def fused_activation(quantizer: Quantizer, x: torch.Tensor):
         or not ste_tensor.available()
     ):
         return None
+    if not bool(quantizer.initialized) and not torch.isfinite(x).all():  # never init from inf/NaN
+        raise nonfinite_error("input")
     scale, _ = quantizer.qparams(x)  # the scale its quantize() uses (initialises lazily)
     alpha = 0.0
     if mode == "pact":
@@ -77,7 +83,7 @@ class _FusedActInt8Linear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, param, w_in, bias, w_codes, w_scale, quantizer, mode, s, alpha):
         qmax = quantizer.spec.qmax
-        a_codes = ste_tensor.ste_codes(x.detach(), s, qmax)
+        a_codes = ste_tensor.ste_codes(x.detach(), s, qmax, name="input")
         a_scale = torch.tensor([s], dtype=torch.float32)
         w_scale = w_scale.reshape(-1)
         ctx.save_for_backward(x.detach(), a_codes, w_codes, w_scale)
@@ -101,7 +107,7 @@ class _FusedActInt8Linear(torch.autograd.Function):
                 dp = sums[1]
             dparam = dp.float().reshape(pshape)
         if ctx.needs_input_grad[2]:
-            dw = dy.t() @ (a_codes * torch.tensor(s))
+            dw = dy.t() @ (a_codes * torch.tensor(s, dtype=torch.float32))
         if has_bias and ctx.needs_input_grad[3]:
             db = dy.sum(0)
         return dx, dparam, dw, db, None, None, None, None, None, None
@@ -136,6 +142,11 @@ def _check_quantizer(q, where: str, allowed: set[Granularity]) -> None:
     if not isinstance(q, Quantizer):
         raise TypeError(f"{where} must be a retquant.qat.Quantizer, got {type(q).__name__}")
     s = q.spec
+    if s.rounding is not Rounding.NEAREST:
+        raise ValueError(
+            f"{where}: rounding must be 'nearest' (stochastic codes would differ between the QAT "
+            "forward and the converted layer)"
+        )
     if s.bits not in (4, 8) or not s.symmetric or s.granularity not in allowed:
         raise ValueError(
             f"{where}: the int8 GEMM needs a symmetric 4- or 8-bit spec with granularity in "
@@ -225,7 +236,9 @@ class QuantLinear(nn.Module):
         """The inference layer: weight frozen to its int8 codes, same activation quantizer."""
         wq = self.weight_quantizer.quantize(self.weight.float())
         bias = None if self.bias is None else self.bias.detach().float()
-        return Int8Linear(wq.codes, wq.scale.reshape(-1), bias, self.act_quantizer)
+        return Int8Linear(
+            wq.codes, wq.scale.reshape(-1), bias, self.act_quantizer, self.weight_quantizer.spec.bits
+        )
 
     def extra_repr(self) -> str:
         return (
@@ -247,7 +260,14 @@ class Int8Linear(nn.Module):
         torch.Size([3, 32])
     """
 
-    def __init__(self, weight_codes: torch.Tensor, weight_scale: torch.Tensor, bias, act_quantizer):
+    def __init__(
+        self,
+        weight_codes: torch.Tensor,
+        weight_scale: torch.Tensor,
+        bias,
+        act_quantizer,
+        weight_bits: int = 8,
+    ):
         super().__init__()
         if not (
             isinstance(weight_codes, torch.Tensor)
@@ -266,11 +286,13 @@ class Int8Linear(nn.Module):
         self.register_buffer("weight_scale", weight_scale.float().reshape(-1).contiguous())
         self.register_buffer("bias", None if bias is None else bias.float().contiguous())
         self.act_quantizer = act_quantizer
+        self.weight_bits = weight_bits  # 4 or 8: the range of the int8-stored codes (for report)
         self._packed, self._packed_key = None, None
 
     def _weight(self):
         """The weight packed for the GEMM, packed again only when the codes change (e.g. by
-        ``load_state_dict``, which writes them in place and so bumps their version)."""
+        ``load_state_dict``, which writes them in place and so bumps their version; a write
+        through ``.data`` bypasses the version counter and is not supported)."""
         w = self.weight_codes
         if w.device.type != "cpu":
             return w
@@ -287,10 +309,12 @@ class Int8Linear(nn.Module):
         fused = fused_activation(self.act_quantizer, x2)
         if fused is not None:
             _, s, _ = fused
-            codes, scale = ste_tensor.ste_codes(x2, s, self.act_quantizer.spec.qmax), torch.tensor([s])
+            codes = ste_tensor.ste_codes(x2, s, self.act_quantizer.spec.qmax, name="input")
+            scale = torch.tensor([s], dtype=torch.float32)
         else:
             _, codes, scale = quantize_activation(self.act_quantizer, x2)
-        y = int8_linear(codes, scale.reshape(-1), self._weight(), self.weight_scale, self.bias)
+        bias = None if self.bias is None else self.bias.float()  # float32 even after model.to(bf16)
+        y = int8_linear(codes, scale.reshape(-1), self._weight(), self.weight_scale.float(), bias)
         return y.reshape(*lead, self.out_features).to(x.dtype)
 
     def extra_repr(self) -> str:

@@ -247,7 +247,9 @@ class MultiScaleRetention(nn.Module):
             raise ValueError(f"position must be a non-negative int, got {position!r}")
         if state is not None:
             self._check_state(state, B)
-        device = device if device is not None else self.q_proj.weight.device
+        if device is None:  # the projections' device (after convert_ they hold buffers, not weights)
+            tensors = [*self.q_proj.parameters(), *self.q_proj.buffers()]
+            device = tensors[0].device if tensors else torch.device("cpu")
         decoder = RetentionDecoder(
             B,
             self.num_heads,

@@ -176,8 +176,9 @@ class SamplingObserver(MinMaxObserver):
             raise ValueError(f"max_samples must be a positive int, got {max_samples!r}")
         self.max_samples = max_samples
         self.seed = seed
-        self.register_buffer("sample", torch.empty(0))
-        self.register_buffer("keys", torch.empty(0))
+        # not persistent: a calibrated model's state dict holds its range, not the samples behind it
+        self.register_buffer("sample", torch.empty(0), persistent=False)
+        self.register_buffer("keys", torch.empty(0), persistent=False)
         self._gen: torch.Generator | None = None
 
     def reset(self) -> None:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import dataclass, field
 
-from retquant.quant import Granularity, QuantSpec, RetentionQuantConfig, resolve_quant
+from retquant.quant import Granularity, QuantSpec, RetentionQuantConfig, Rounding, resolve_quant
 
 G = Granularity
 
@@ -56,7 +56,7 @@ class QuantizerConfig:
             ``"percentile"``, ``"mse"``, ``"aciq"``) or a learnable quantizer (``"pact"``,
             ``"lsq"``, ``"tqt"``).
         spec: bits, symmetry, granularity and rounding.
-        percentile: for ``"percentile"``, the percentile of |x| used as the clip (0, 100].
+        percentile: for ``"percentile"``, the percentile used as the clip, in (50, 100].
         momentum: for ``"ema_minmax"``, the weight of the running range, in [0, 1).
         prior: for ``"aciq"``, ``"laplace"`` or ``"gaussian"``.
 
@@ -83,10 +83,16 @@ class QuantizerConfig:
                 f"QuantizerConfig(method={self.method!r}) computes its own range; spec.static_range "
                 "is only for method='fixed'"
             )
-        if not 0 < float(self.percentile) <= 100:
-            raise ValueError(f"QuantizerConfig.percentile must be in (0, 100], got {self.percentile}")
-        if not 0 <= float(self.momentum) < 1:
-            raise ValueError(f"QuantizerConfig.momentum must be in [0, 1), got {self.momentum}")
+        for name, lo, hi, lo_open, hi_open in (
+            ("percentile", 50, 100, True, False),
+            ("momentum", 0, 1, False, True),
+        ):
+            v = getattr(self, name)
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+            ok = ok and (lo < v if lo_open else lo <= v) and (v < hi if hi_open else v <= hi)
+            if not ok:
+                span = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+                raise ValueError(f"QuantizerConfig.{name} must be a number in {span}, got {v!r}")
         if self.prior not in ACIQ_PRIORS:
             raise ValueError(f"QuantizerConfig.prior must be one of {ACIQ_PRIORS}, got {self.prior!r}")
 
@@ -141,6 +147,11 @@ class LinearQuantConfig:
                 )
             if q.spec.bits not in LINEAR_BITS:
                 raise ValueError(f"{where}.spec.bits must be 4 or 8 (int8 GEMM codes), got {q.spec.bits}")
+            if q.spec.rounding is not Rounding.NEAREST:
+                raise ValueError(
+                    f"{where}.spec.rounding must be 'nearest': with stochastic rounding the weight codes "
+                    "of training and of the converted model would differ"
+                )
             if not q.spec.symmetric:
                 raise ValueError(
                     f"{where}.spec.symmetric must be True: the int8 GEMM multiplies signed codes "

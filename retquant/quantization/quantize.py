@@ -118,6 +118,8 @@ def quantize_(model: nn.Module, config: ModelQuantConfig) -> nn.Module:
     _check_rules(config, linears, retentions)
     if linears and linears[0][0] == "":
         raise ValueError("quantize_ replaces submodules in place: wrap a bare nn.Linear in a container")
+    # Build every replacement first, so that an error leaves the model untouched.
+    swaps, retention = [], {name: config.retention_for(name) for name, _ in retentions}
     for name, lin in linears:
         lc = config.linear_for(name)
         if lc == FLOAT_RETENTION:
@@ -129,9 +131,11 @@ def quantize_(model: nn.Module, config: ModelQuantConfig) -> nn.Module:
             wq.freeze()
         if isinstance(aq, ObservedQuantizer):  # no range until calibrate(): using it raises
             aq.freeze()
-        model.set_submodule(name, QuantLinear.from_linear(lin, wq, aq))
+        swaps.append((name, QuantLinear.from_linear(lin, wq, aq)))
+    for name, new in swaps:
+        model.set_submodule(name, new)
     for name, layer in retentions:
-        layer.retention_quant = config.retention_for(name)
+        layer.retention_quant = retention[name]
     return model
 
 

@@ -66,9 +66,15 @@ def report(model: nn.Module, *, show: bool = True) -> str:
                 )
             )
         elif isinstance(m, Int8Linear):
-            bits = "per-channel" if m.weight_scale.numel() > 1 else "per-tensor"
+            per = "per-channel" if m.weight_scale.numel() > 1 else "per-tensor"
             rows.append(
-                (name, "Int8Linear", f"int8 codes, {bits} scale", describe_quantizer(m.act_quantizer), "")
+                (
+                    name,
+                    "Int8Linear",
+                    f"int{m.weight_bits} codes, {per} scale",
+                    describe_quantizer(m.act_quantizer),
+                    "",
+                )
             )
         elif type(m) is nn.Linear:
             rows.append((name, "Linear", "float", "float", ""))
