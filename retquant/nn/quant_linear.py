@@ -305,6 +305,11 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_input(x, self.in_features)
         lead = x.shape[:-1]
+        if getattr(self.act_quantizer, "calibrating", False):
+            raise RuntimeError(
+                "Int8Linear cannot calibrate its activation observer (it has no float weight): "
+                "calibrate the model before convert_"
+            )
         x2 = x.reshape(-1, self.in_features).float()
         fused = fused_activation(self.act_quantizer, x2)
         if fused is not None:
