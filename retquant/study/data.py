@@ -148,7 +148,10 @@ def encode(text: str) -> torch.Tensor:
     """Byte tokenizer: ``text`` -> int64 tensor of its UTF-8 bytes (vocabulary 256)."""
     if not isinstance(text, str):
         raise TypeError(f"text must be a str, got {type(text).__name__}")
-    return torch.frombuffer(bytearray(text.encode("utf-8")), dtype=torch.uint8).to(torch.int64)
+    raw = text.encode("utf-8")
+    if not raw:  # frombuffer refuses an empty buffer
+        return torch.empty(0, dtype=torch.int64)
+    return torch.frombuffer(bytearray(raw), dtype=torch.uint8).to(torch.int64)
 
 
 def decode(ids: torch.Tensor) -> str:

@@ -22,6 +22,7 @@ PLOTS = {
 }
 FAMILY_COLORS = {
     "fp32": "black",
+    "fp32-ft": "dimgray",
     "ptq-linear": "tab:blue",
     "ptq-w4": "tab:cyan",
     "ret": "tab:green",
@@ -188,6 +189,9 @@ def _plot_ptq_vs_qat(results, path, plt):
             xs = [i + (j - 0.5) * 0.38 for i in range(len(methods))]
             label = "PTQ (ranges at init)" if fam == "qat-init" else "QAT (fine-tuned)"
             ax.bar(xs, vals, width=0.38, color=FAMILY_COLORS[fam], label=label)
+        control = [r for r in results["strategies"] if r["family"] == "fp32-ft"]
+        if control:
+            ax.axhline(control[0]["delta_ppl_pct"], color="black", lw=1, label="fp32, same fine-tune")
         ax.set_xticks(range(len(methods)), methods)
         ax.axhline(3, color="gray", ls=":", lw=1)
         ax.set_yscale("symlog", linthresh=1.0)

@@ -137,6 +137,7 @@ def run_study(
 ) -> dict:
     """Run the whole study; returns the results dict (see :func:`retquant.study.report.write_all`)."""
     t_start = time.perf_counter()
+    commit, dirty = git_state()  # at the start: the code that runs, not an edit made meanwhile
     timings = {}
     splits = D.split_works(D.load_works(texts_dir))
     tokens = {k: D.encode(v) for k, v in splits.text.items()}
@@ -203,7 +204,6 @@ def run_study(
     dec_rows = decode_growth(captures, buckets=cfg.decode_buckets)
     timings["op_sweep"] = time.perf_counter() - t
 
-    commit, dirty = git_state()
     timings["total"] = time.perf_counter() - t_start
     return {
         "meta": {

@@ -4,6 +4,8 @@ function that builds the quantized model from the fp32 checkpoint.
 Families (one knob varied at a time; the table's ``what`` column says which):
 
 - ``fp32``: the trained model;
+- ``fp32-ft``: the trained model fine-tuned with the QAT schedule and data but no quantizer, the
+  control for the QAT rows (a short checkpoint gains from more training whether quantized or not);
 - ``ptq-linear``: projections (every ``nn.Linear``: q, k, v, g, o and the FFN) after PTQ,
   weights per output channel (min-max), activations dynamic per token or calibrated per tensor
   by an observer (min-max, percentile 99.99, MSE, ACIQ-Laplace); with float or int8 retention;
@@ -19,7 +21,7 @@ Families (one knob varied at a time; the table's ``what`` column says which):
 
 Example:
     >>> [s.name for s in build_strategies()][:3]
-    ['fp32', 'W8A8 token-dyn', 'W8A8 token-dyn + ret int8']
+    ['fp32', 'fp32 fine-tuned (QAT control)', 'W8A8 token-dyn']
 """
 
 from __future__ import annotations
@@ -129,6 +131,12 @@ def _qat(method: str, wbits: int, retention, *, train: bool) -> Callable[[StudyC
     return build
 
 
+def _finetune_fp32(ctx: StudyContext) -> nn.Module:
+    model = ctx.fresh()
+    run_steps(model, ctx.qat_batches(), ctx.qat_steps, ctx.train_cfg, lr=ctx.qat_lr, desc="fine-tune fp32")
+    return model.eval()
+
+
 def _ret_gran(**granularities) -> RetentionQuantConfig:
     base = resolve_quant("int4")
     return replace(base, **{op: replace(getattr(base, op), granularity=g) for op, g in granularities.items()})
@@ -155,6 +163,16 @@ def build_strategies() -> list[Strategy]:
     S, out = Strategy, []
     w8 = linear_ptq()
     out.append(S("fp32", "fp32", "float", "float", "the trained model", lambda ctx: ctx.fresh()))
+    out.append(
+        S(
+            "fp32 fine-tuned (QAT control)",
+            "fp32-ft",
+            "float",
+            "float",
+            "the QAT schedule without quantizers: separates QAT's recovery from extra training",
+            _finetune_fp32,
+        )
+    )
     out.append(
         S(
             "W8A8 token-dyn",
