@@ -195,6 +195,10 @@ def _plot_ptq_vs_qat(results, path, plt):
         ax.set_xticks(range(len(methods)), methods)
         ax.axhline(3, color="gray", ls=":", lw=1)
         ax.set_yscale("symlog", linthresh=1.0)
+        # symlog autoscaling clips bars; set the limits from the data (and the 3 % line)
+        shown = [r["delta_ppl_pct"] for r in rows if r["setting"] == setting]
+        shown += [c["delta_ppl_pct"] for c in control] + [3.0]
+        ax.set_ylim(min(shown) - 0.5 * abs(min(shown)) - 0.1, 1.5 * max(shown))
         ax.set_title(setting)
         ax.set_ylabel("val perplexity vs fp32 (%)")
         ax.legend(fontsize=7)
