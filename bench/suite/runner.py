@@ -32,16 +32,17 @@ def _quiet_stderr():
 
 
 def peak_alloc_bytes(fn) -> int:
-    """Peak of the bytes allocated (net of frees) by torch's CPU allocator during one ``fn()``,
-    from the profiler's memory events. Buffers reused from the extension's output cache are not
-    new allocations and so are not counted."""
+    """Peak of the bytes held (allocated net of freed) by torch's CPU allocator during one
+    ``fn()``, at operator granularity: the profiler attributes each allocation and free to the
+    innermost operator around it (its self memory) or to a ``[memory]`` event; their running
+    sum in start order peaks here. Buffers reused from the extension's output cache are not
+    new allocations and are not counted."""
     with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         out = fn()
         del out
-    events = sorted((e for e in prof.events() if e.name == "[memory]"), key=lambda e: e.time_range.start)
     cur = peak = 0
-    for e in events:
-        cur += e.cpu_memory_usage
+    for e in sorted(prof.events(), key=lambda e: e.time_range.start):
+        cur += e.self_cpu_memory_usage
         peak = max(peak, cur)
     return peak
 
