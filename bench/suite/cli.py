@@ -127,7 +127,7 @@ def main(argv=None) -> dict:
         f"torch {info['torch']}; CUDA: {info['cuda'] or 'none'}",
         flush=True,
     )
-    rates = machine.rates()
+    rate_runs = [machine.rates()]
     smallest = min(args.shapes, key=lambda s: s[0] * s[1] * s[2] * s[3] * s[4])
     plan = [(_label(s), s, lambda s=s: op_rows(s, s == smallest, info["native_bf16"])) for s in args.shapes]
     lm = args.lm
@@ -148,7 +148,6 @@ def main(argv=None) -> dict:
         for label, shape, rows in built:
             bar.set_postfix_str(label)
             results = time_rows(rows, args.repeats, tick=lambda: bar.update(1))
-            add_ratios(results, rates)
             groups.append(
                 {
                     "label": label,
@@ -156,10 +155,15 @@ def main(argv=None) -> dict:
                     "rows": results,
                 }
             )
+    rate_runs.append(machine.rates())
+    rates = machine.best_rates(rate_runs)
+    for g in groups:
+        add_ratios(g["rows"], rates)
     rep = {
         "command": "python -m bench" + ("" if not argv else " " + shlex.join(argv)),
         "machine": info,
         "rates": rates,
+        "rate_runs": rate_runs,
         "repeats": args.repeats,
         "wall_s": time.perf_counter() - t_start,
         "groups": groups,

@@ -97,7 +97,8 @@ def markdown(report: dict) -> str:
         f"wall time {report['wall_s']:.0f} s.  ",
         "speed-up = best peer's median / the row's median, same kind and shape, same run; "
         "% of peak = the row's flop model (chunk GEMMs; training 3x forward) per second over the "
-        "machine's measured int8 peak or fp32 GEMM rate; memory = peak bytes allocated during one "
+        "machine's int8 peak or fp32 GEMM rate (each the higher of its measurements at the start "
+        "and the end of the run); memory = peak bytes allocated during one "
         "call (torch profiler) or, for training rows, bytes saved for backward.",
         "",
         "## Headline",
