@@ -156,6 +156,7 @@ def main(argv=None) -> dict:
                 }
             )
     rate_runs.append(machine.rates())
+    info["load_avg_end"] = machine.load_avg()
     rates = machine.best_rates(rate_runs)
     for g in groups:
         add_ratios(g["rows"], rates)

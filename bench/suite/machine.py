@@ -10,6 +10,7 @@ machine one of them may have been slowed by other work).
 from __future__ import annotations
 
 import datetime
+import os
 import platform
 import subprocess
 import time
@@ -56,8 +57,17 @@ def info() -> dict:
         "bf16": bf16_why,
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "commit": commit(),
+        "load_avg_start": load_avg(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def load_avg() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages (other work on a shared machine skews timings)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def fp32_gemm_gflops(n: int = 1024, repeats: int = 10) -> float:

@@ -25,8 +25,13 @@ def machine_line(report: dict) -> str:
         f"{m['cpu']}; kernel ISA {m['isa']} (CPU runs: {', '.join(m['cpu_isas']) or '-'}); "
         f"{m['threads']} threads; torch {m['torch']}; CUDA: {m['cuda'] or 'none'}; "
         f"measured int8 peak {int8}, fp32 GEMM {r['fp32']:.0f} GFLOP/s; "
-        f"commit {c['hash'][:12]}{dirty}; {m['date']}"
+        f"commit {c['hash'][:12]}{dirty}; {m['date']}; load average (1 min) at start "
+        f"{_load(m, 'load_avg_start')}, at end {_load(m, 'load_avg_end')}"
     )
+
+
+def _load(m: dict, key: str) -> str:
+    return _f((m.get(key) or [None])[0], ".1f")
 
 
 def headline(report: dict) -> str:
