@@ -139,15 +139,17 @@ def main(argv=None) -> dict:
             lambda: lm_rows(lm),
         )
     )
-    built = []
-    for label, shape, make in plan:
-        built.append((label, shape, make()))
-    total = sum(runs_of(rows, args.repeats) for *_, rows in built)
     groups = []
-    with tqdm(total=total, desc="bench", unit="run", disable=args.no_progress, file=sys.stderr) as bar:
-        for label, shape, rows in built:
-            bar.set_postfix_str(label)
+    # rows are built one shape at a time (inputs and models of one shape in memory at once), so
+    # the progress bar's total grows as each shape's runs become known
+    with tqdm(total=0, desc="bench", unit="run", disable=args.no_progress, file=sys.stderr) as bar:
+        for i, (label, shape, make) in enumerate(plan):
+            bar.set_postfix_str(f"{i + 1}/{len(plan)} {label}")
+            rows = make()
+            bar.total += runs_of(rows, args.repeats)
+            bar.refresh()
             results = time_rows(rows, args.repeats, tick=lambda: bar.update(1))
+            del rows
             groups.append(
                 {
                     "label": label,
