@@ -9,6 +9,7 @@ import json
 import pytest
 import torch
 
+from bench.suite import report
 from bench.suite.cli import main, parse
 from bench.suite.rows import KINDS
 from bench.suite.runner import finite_positive
@@ -49,6 +50,8 @@ def test_writes_json_markdown_png(suite):
     m = rep["machine"]
     assert m["threads"] >= 1 and m["cpu"] and m["commit"]["hash"] and m["torch"] == torch.__version__
     assert rep["rates"]["fp32"] > 0
+    report.main([str(out / "suite.json")])  # re-rendered from the JSON alone: the same Markdown
+    assert (out / "suite.md").read_text() == md
 
 
 def test_every_row_present_and_every_ratio_finite(suite):

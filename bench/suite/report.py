@@ -125,6 +125,7 @@ def markdown(report: dict) -> str:
 def plot(report: dict, path: Path) -> None:
     """Horizontal bars: our rows' speed-up over the best peer (log scale), one colour per kind."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -137,15 +138,19 @@ def plot(report: dict, path: Path) -> None:
     ]
     kinds = list(dict.fromkeys(k for *_, k in bars))
     colours = {k: f"C{i}" for i, k in enumerate(kinds)}
-    fig, ax = plt.subplots(figsize=(11, 1.5 + 0.28 * max(len(bars), 1)))
-    y = range(len(bars))
-    ax.barh(list(y), [b[1] for b in bars], color=[colours[b[2]] for b in bars])
-    ax.set_yticks(list(y), [b[0] for b in bars], fontsize=7)
+    fig, ax = plt.subplots(figsize=(13, 1.8 + 0.28 * max(len(bars), 1)))
+    y = list(range(len(bars)))
+    ax.barh(y, [b[1] for b in bars], color=[colours[b[2]] for b in bars])
+    for yi, (_, ratio, _) in zip(y, bars):
+        ax.text(ratio, yi, f" {ratio:.2f}x", va="center", fontsize=6)
+    ax.set_yticks(y, [b[0] for b in bars], fontsize=7)
     ax.invert_yaxis()
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}x"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.axvline(1.0, color="k", lw=0.8)
     ax.set_xlabel("speed-up over the best peer of the same kind and shape (log scale)")
-    ax.set_title(textwrap.fill(machine_line(report), 160), fontsize=7)
+    ax.set_title(textwrap.fill(machine_line(report), 120), fontsize=7)
     handles = [plt.Rectangle((0, 0), 1, 1, color=colours[k]) for k in kinds]
     ax.legend(handles, kinds, fontsize=7, loc="lower right")
     fig.tight_layout()
@@ -161,3 +166,20 @@ def write(report: dict, out: Path) -> list[Path]:
     paths[1].write_text(markdown(report) + "\n")
     plot(report, paths[2])
     return paths
+
+
+def main(argv=None) -> None:
+    """``python -m bench.suite.report RESULTS.json``: rewrite the Markdown and the PNG beside a
+    suite JSON from its data (no new measurement)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m bench.suite.report", description=main.__doc__)
+    ap.add_argument("json", type=Path)
+    args = ap.parse_args(argv)
+    rep = json.loads(args.json.read_text())
+    args.json.with_suffix(".md").write_text(markdown(rep) + "\n")
+    plot(rep, args.json.with_suffix(".png"))
+
+
+if __name__ == "__main__":
+    main()
