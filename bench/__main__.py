@@ -1,29 +1,18 @@
-"""The main job: every retention form's accuracy on a small shape, then the CPU benchmark.
+"""The main job: the benchmark suite (:mod:`bench.suite`).
 
-    python -m bench            # demo (B=2 T=1000 H=4 K=V=64), then bench.cpu (B=4 T=4096 H=8 K=V=128)
-    python -m bench --quick    # the same with bench.cpu's small shape
+    python -m bench                # default sweep (a few minutes on 2 cores)
+    python -m bench --quick        # smallest shape, about a minute
+    python -m bench --full         # T x K=V x (B, H) sweep
+    python -m bench --help         # every option (--shape, --lm, --repeats, --threads, --out)
 
-The GPU benchmark is separate: ``python -m bench.gpu`` (needs a CUDA device).
+Writes bench/results/suite.{json,md,png} and prints the headline table. The single-topic
+benchmarks stay runnable on their own: bench.demo (accuracy of every form), bench.cpu,
+bench.float_cpu, bench.train, bench.linear, bench.qat_lm, bench.gpu (CUDA).
 """
 
 from __future__ import annotations
 
-import sys
-
-from bench import cpu, demo
-
-
-def main(argv=None):
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv != ["--quick"]:
-        raise SystemExit(
-            f"usage: python -m bench [--quick]  (got {argv}); run bench.demo / bench.cpu for options"
-        )
-    print("== every form vs float64 (python -m bench.demo) ==", flush=True)
-    demo.main([])
-    print("\n== CPU benchmark (python -m bench.cpu" + (" --quick" if argv else "") + ") ==", flush=True)
-    cpu.main(argv)
-
+from bench.suite.cli import main
 
 if __name__ == "__main__":
     main()
