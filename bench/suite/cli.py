@@ -1,9 +1,10 @@
 """``python -m bench``: the command line of the benchmark suite (see :mod:`bench.suite`).
 
-Default: two op shapes (B=2 H=4: T=512 K=V=64 and T=2048 K=V=128) and the small LM
-(hidden 128, 2 layers, 4 heads, B=4 T=256), 5 repeats; a few minutes on 2 cores. ``--quick``: the
-smallest op shape and a tiny LM, 3 repeats (about a minute). ``--full``: T in {512, 2048, 8192}
-x K=V in {64, 128} x (B, H) in {(2, 4), (4, 8)} and bench.qat_lm's LM shape.
+Default: two op shapes (B=2 H=4: T=512 K=V=64 and T=2048 K=V=128) and the small LM of
+bench.qat_lm (hidden 256, 4 layers, 8 heads, B=8 T=512: the QAT library's benchmark shape), 5
+repeats; a few minutes on 2 cores. ``--quick``: the smallest op shape and a tiny LM, 3 repeats
+(about a minute). ``--full``: T in {512, 2048, 8192} x K=V in {64, 128} x (B, H) in {(2, 4),
+(4, 8)} and the same LM.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from bench.qat_lm import QUICK as LM_DEFAULT
 from bench.qat_lm import SHAPE as LM_FULL
 from bench.suite import machine, report
 from bench.suite.kernel_rows import decode_rows, fwd_rows, gpu_rows
@@ -86,7 +86,7 @@ def parse(argv) -> argparse.Namespace:
     preset = QUICK if args.quick else FULL if args.full else DEFAULT
     args.shapes = args.shape or preset
     if args.lm is None:
-        args.lm = LM_QUICK if args.quick else LM_FULL if args.full else LM_DEFAULT
+        args.lm = LM_QUICK if args.quick else LM_FULL
     return args
 
 
