@@ -3,11 +3,23 @@ import sys
 import pytest
 import torch
 
+from retquant.backends import cpu_extension
+
 
 @pytest.fixture
 def gen():
     """A fresh, seeded generator per test (fresh random inputs, reproducible on failure)."""
     return torch.Generator().manual_seed(torch.seed() % 2**31)
+
+
+@pytest.fixture(params=list(cpu_extension.ISA_CODES))
+def isa(request, monkeypatch):
+    """Each CPU kernel ISA in turn, forced through RETQUANT_CPU_ISA; one the CPU cannot run is
+    skipped with that reason (tests/test_cpu_backend.py has its own, which also records them)."""
+    if request.param not in cpu_extension.cpu_isas():
+        pytest.skip(f"this CPU cannot run the {request.param} kernels")
+    monkeypatch.setenv(cpu_extension.ISA_ENV, request.param)
+    return request.param
 
 
 def rand_qkv(gen, B, T, H, K, V, dtype=torch.float32):

@@ -33,14 +33,6 @@ pytestmark = pytest.mark.skipif(_ERR is not None, reason=f"CPU extension unavail
 MS, KS, NS = (1, 3, 17, 200), (1, 5, 64, 257), (1, 15, 33, 768)
 
 
-@pytest.fixture(params=list(cpu_extension.ISA_CODES))
-def isa(request, monkeypatch):
-    if request.param not in cpu_extension.cpu_isas():
-        pytest.skip(f"this CPU cannot run the {request.param} kernels")
-    monkeypatch.setenv(cpu_extension.ISA_ENV, request.param)
-    return request.param
-
-
 @pytest.fixture
 def seed():
     s = torch.seed() % 2**31

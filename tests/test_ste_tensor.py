@@ -18,14 +18,6 @@ _ERR = cpu_extension.load_error()
 pytestmark = pytest.mark.skipif(_ERR is not None, reason=f"CPU extension unavailable: {_ERR}")
 
 
-@pytest.fixture(params=list(cpu_extension.ISA_CODES))
-def isa(request, monkeypatch):
-    if request.param not in cpu_extension.cpu_isas():
-        pytest.skip(f"this CPU cannot run the {request.param} kernels")
-    monkeypatch.setenv(cpu_extension.ISA_ENV, request.param)
-    return request.param
-
-
 @pytest.mark.parametrize("bits", [4, 8])
 @pytest.mark.parametrize("n", [1, 7, 100_003])
 def test_codes_equal_primitives(isa, bits, n, gen):
