@@ -154,3 +154,19 @@ def test_tiny_study_writes_every_strategy(tmp_path):
     assert all(f"| {n} |" in md for n in names)
     for png in ("study_perplexity", "study_op_error", "study_ptq_vs_qat", "study_decode_error"):
         assert (out / f"{png}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_evaluate_known_answer_uniform_logits():
+    """A model that predicts every byte with equal probability: perplexity 256, 8 bits/byte
+    (an off-by-one in the targets or a wrong log base would show here)."""
+    from retquant.study.evaluate import evaluate, paired_delta
+
+    class Uniform(torch.nn.Module):
+        def forward(self, ids):
+            return torch.zeros(*ids.shape, 256)
+
+    r = evaluate(Uniform(), torch.randint(0, 256, (5, 33)), batch_size=2)
+    # (the NLL is computed in float32: ln 256 to ~1e-7 relative)
+    assert abs(r["ppl"] - 256) < 1e-3 and abs(r["bpb"] - 8) < 1e-6 and r["tokens"] == 5 * 32
+    delta, se = paired_delta([1.0, 2.0, 3.0], [1.0, 2.0, 3.0])
+    assert delta == 0 and se == 0

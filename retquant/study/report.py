@@ -42,12 +42,12 @@ def strategy_table(rows: list[dict]) -> str:
     """The Markdown table of the strategies (one row each)."""
     head = (
         "| # | strategy | family | projections | retention | what it varies "
-        "| val ppl | bits/byte | Δ ppl vs fp32 |\n"
+        "| val ppl | bits/byte | Δ ppl vs fp32 (± paired s.e.) |\n"
         "|---|---|---|---|---|---|---:|---:|---:|\n"
     )
     body = "".join(
         f"| {i} | {r['name']} | {r['family']} | {r['linears']} | {r['retention']} | {r['what']} | "
-        f"{r['ppl']:.4f} | {r['bpb']:.4f} | {_fmt_pct(r['delta_ppl_pct'])} |\n"
+        f"{r['ppl']:.4f} | {r['bpb']:.4f} | {_fmt_pct(r['delta_ppl_pct'])} ± {r['delta_ppl_se_pct']:.2f} |\n"
         for i, r in enumerate(rows)
     )
     return head + body

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from retquant.models import RetNetConfig
 from retquant.study import data as D
-from retquant.study.evaluate import evaluate
+from retquant.study.evaluate import evaluate, paired_delta
 from retquant.study.op_sweep import capture_qkv, chunk_sweep, decode_growth
 from retquant.study.strategies import StudyContext, build_strategies
 from retquant.study.train import TrainConfig, train_or_load
@@ -51,7 +51,7 @@ class StudyConfig:
         """``quick`` (≤ 10 min on 2 cores), ``full`` (≈ 1 h: bigger model, longer training) or
         ``tiny`` (seconds; for tests)."""
         if mode == "quick":
-            return StudyConfig("quick", 128, 2, 4, TrainConfig(steps=300, batch_size=8, seq_len=256), 24)
+            return StudyConfig("quick", 128, 2, 4, TrainConfig(steps=250, batch_size=8, seq_len=256), 24)
         if mode == "full":
             return StudyConfig(
                 "full",
@@ -192,9 +192,9 @@ def run_study(
                 "seconds_eval": time.perf_counter() - t - built,
             }
         )
-    fp = rows[0]["ppl"]
-    for r in rows:
-        r["delta_ppl_pct"] = 100.0 * (r["ppl"] / fp - 1.0)
+    fp = rows[0]["window_nll"]
+    for r in rows:  # paired over the same windows: the noise of each Δ is its standard error
+        r["delta_ppl_pct"], r["delta_ppl_se_pct"] = paired_delta(r["window_nll"], fp)
     timings["strategies"] = sum(r["seconds_build"] + r["seconds_eval"] for r in rows)
 
     t = time.perf_counter()

@@ -80,9 +80,30 @@ def run_steps(model, batches, steps: int, cfg: TrainConfig, *, lr: float, desc: 
     return losses
 
 
+# The code a trained checkpoint depends on: the model, its layers, this training loop and the data
+# batching. Their source is part of the checkpoint key, so changing any of them retrains.
+_TRAINING_SOURCES = (
+    "models/retnet.py",
+    "nn/retention.py",
+    "nn/ffn.py",
+    "nn/norm.py",
+    "nn/position.py",
+    "study/train.py",
+    "study/data.py",
+)
+
+
+def _source_digest() -> str:
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for rel in _TRAINING_SOURCES:
+        h.update((root / rel).read_bytes())
+    return h.hexdigest()
+
+
 def checkpoint_key(model_cfg: RetNetConfig, cfg: TrainConfig, data_digest: str) -> str:
-    """The hash naming the checkpoint of this model, schedule and training data."""
-    text = repr(model_cfg) + repr(cfg) + data_digest + torch.__version__
+    """The hash naming the checkpoint of this model, schedule, training data and training code."""
+    text = repr(model_cfg) + repr(cfg) + data_digest + torch.__version__ + _source_digest()
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
