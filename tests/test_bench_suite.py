@@ -94,3 +94,24 @@ def test_bad_arguments_are_clear_errors(argv, msg, capsys):
     with pytest.raises(SystemExit):
         parse(argv)
     assert msg in capsys.readouterr().err
+
+
+def test_add_ratios_direction_best_peer_and_roofline():
+    """Speed-up = best peer's time / ours (> 1 = faster), against the fastest peer of the same
+    kind only; % of peak from the named rate; a mixed row (peak None) gets none."""
+    from bench.suite.runner import add_ratios
+
+    def row(name, kind, peer, ms, flops=None, peak=None):
+        return {"name": name, "kind": kind, "peer": peer, "ms": ms, "flops": flops, "peak": peak}
+
+    rows = [
+        row("ours", "fwd", False, 10.0, flops=2e9, peak="int8"),
+        row("slow peer", "fwd", True, 40.0),
+        row("fast peer", "fwd", True, 20.0),
+        row("mixed", "train", False, 5.0, flops=1e9, peak=None),
+        row("train peer", "train", True, 50.0),
+    ]
+    add_ratios(rows, {"int8": 400.0, "fp32": 100.0})
+    assert rows[0]["best_peer"] == "fast peer" and rows[0]["vs_best_peer"] == 2.0
+    assert abs(rows[0]["roofline"] - 0.5) < 1e-12  # 2e9 flops in 10 ms = 200 GOP/s of 400
+    assert rows[3]["vs_best_peer"] == 10.0 and "roofline" not in rows[3]

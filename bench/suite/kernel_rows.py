@@ -141,7 +141,16 @@ def decode_rows(x: Inputs) -> list[Row]:
             "int8",
             calls=n,
         ),
-        Row("fp32 PyTorch step, in place", "decode", True, "torch fp32", fp32_steps, ops, "fp32", calls=n),
+        Row(
+            "fp32 PyTorch step, in place (mul_, baddbmm_, bmm)",
+            "decode",
+            True,
+            "torch fp32",
+            fp32_steps,
+            ops,
+            "fp32",
+            calls=n,
+        ),
     ]
 
 

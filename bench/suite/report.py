@@ -51,6 +51,9 @@ def headline(report: dict) -> str:
                 lines.append(f"| {g['label']} | {kind} | skipped: {why} | | | | | | |")
                 continue
             p = min(peers, key=lambda r: r["ms"])
+            for o in rows:  # one of ours that failed while another ran is listed, not dropped
+                if not o["peer"] and "ms" not in o and o.get("skip") and o["backend"] != "reference":
+                    lines.append(f"| {g['label']} | {kind} | {o['name']}: skipped: {o['skip']} | | | | | | |")
             for o in ours:
                 lines.append(
                     f"| {g['label']} | {kind} | {o['name']} | {o['ms']:.3g} | {p['name']} | {p['ms']:.3g} | "

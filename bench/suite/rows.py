@@ -37,7 +37,8 @@ class Row:
         backend: the backend or peer label (``cpu int8``, ``float path``, ``torchscale`` ...).
         fn: runs the row once (its result is passed to ``check``).
         flops: the row's operation count (model: see :func:`chunk_ops`), or None.
-        peak: which measured machine rate the flops are compared with, ``"int8"`` or ``"fp32"``.
+        peak: which measured machine rate the flops are compared with, ``"int8"`` or ``"fp32"``;
+            None for rows that mix both (int8 forward, fp32 backward): no % of peak is shown.
         skip: the reason the row does not run here (then ``fn`` is None).
         max_repeats: cap on the timed repeats (slow rows), or None.
         check: maps ``fn()``'s result to its relative L2 error vs float64 (or None).
