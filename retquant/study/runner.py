@@ -51,7 +51,7 @@ class StudyConfig:
         """``quick`` (≤ 10 min on 2 cores), ``full`` (≈ 1 h: bigger model, longer training) or
         ``tiny`` (seconds; for tests)."""
         if mode == "quick":
-            return StudyConfig("quick", 128, 2, 4, TrainConfig(steps=400, batch_size=8, seq_len=256), 128)
+            return StudyConfig("quick", 128, 2, 4, TrainConfig(steps=800, batch_size=8, seq_len=256), 192)
         if mode == "full":
             return StudyConfig(
                 "full",
