@@ -26,13 +26,13 @@ from bench import float_cpu
 from bench.cpu_peers import (
     C,
     _split,
-    cpu_name,
     median_time,
     parse_shape_args,
     torch_chunk_retention,
     torch_chunk_retention_blocked,
 )
 from retquant.backends import cpu, cpu_extension
+from retquant.backends.cpu_extension import cpu_name
 from retquant.decay import default_g_gamma
 from retquant.metrics import compare
 from retquant.ops import RetentionDecoder, chunk_retention, fused_recurrent_retention

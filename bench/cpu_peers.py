@@ -85,18 +85,6 @@ def torch_chunk_retention_blocked(q, k, v, g_gamma, scale):
     return out
 
 
-def cpu_name() -> str:
-    """The CPU's model name from /proc/cpuinfo."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
-
-
 def parse_shape_args(argv, doc: str) -> argparse.Namespace:
     """The CPU benchmarks' command line (shape, threads, repeats, --quick), applied: threads set,
     the extension built (or a clear exit naming why not)."""

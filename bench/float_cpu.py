@@ -15,13 +15,13 @@ from __future__ import annotations
 import torch
 
 from bench.cpu_peers import (
-    cpu_name,
     median_time,
     parse_shape_args,
     torch_chunk_retention,
     torch_chunk_retention_blocked,
 )
 from retquant.backends import cpu_float
+from retquant.backends.cpu_extension import cpu_name
 from retquant.decay import default_g_gamma
 from retquant.metrics import compare
 from retquant.ops import chunk_retention

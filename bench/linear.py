@@ -27,8 +27,9 @@ import platform
 import torch
 import torch.nn.functional as F
 
-from bench.cpu_peers import cpu_name, median_time
+from bench.cpu_peers import median_time
 from retquant.backends import cpu_extension
+from retquant.backends.cpu_extension import cpu_name
 from retquant.backends.int8_linear import int8_linear, pack_weight, quantize_per_token
 
 SHAPES = [(256, 256), (256, 512), (256, 1024), (512, 256), (1024, 256), (1024, 1024)]

@@ -31,10 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.cpu_peers import cpu_name
 from bench.fake_quant import _fake_quant
 from retquant import QuantSpec
 from retquant.backends import cpu_extension
+from retquant.backends.cpu_extension import cpu_name
 from retquant.constants import CHUNK_SIZE
 from retquant.models import RetNetConfig, RetNetLM
 from retquant.nn import MultiScaleRetention

@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 
 from bench.cpu import int8_peaks
-from bench.cpu_peers import cpu_name
 from bench.train import native_bf16
 from retquant.backends import cpu_extension
+from retquant.backends.cpu_extension import cpu_name
 
 REPO = Path(__file__).resolve().parents[2]
 

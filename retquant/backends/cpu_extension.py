@@ -17,6 +17,7 @@ Environment: ``RETQUANT_CPU_ISA`` picks the kernels' instruction set, read at ea
 from __future__ import annotations
 
 import os
+import platform
 import shutil
 import sys
 import threading
@@ -175,3 +176,21 @@ def isa() -> str:
 def isa_code(name: str | None = None) -> int:
     """The ``isa`` argument of the ``retquant::*`` ops for ``name`` (default: :func:`isa`)."""
     return ISA_CODES[isa() if name is None else ISA_ALIASES.get(name, name)]
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; else what ``platform`` knows), for the reports
+    that must name the machine a figure comes from.
+
+    Example:
+        >>> isinstance(cpu_name(), str)
+        True
+    """
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"

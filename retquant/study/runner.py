@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from retquant.backends import cpu_extension
 from retquant.models import RetNetConfig
 from retquant.study import data as D
 from retquant.study.evaluate import evaluate, paired_delta
@@ -108,19 +109,7 @@ def git_state() -> tuple[str, bool]:
     return head.stdout.strip(), bool(status.stdout.strip())
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _isa() -> str:
-    from retquant.backends import cpu_extension
-
     try:
         return cpu_extension.isa()
     except (RuntimeError, ValueError) as e:
@@ -211,7 +200,7 @@ def run_study(
             "command": command,
             "commit": commit,
             "dirty": dirty,
-            "cpu": cpu_name(),
+            "cpu": cpu_extension.cpu_name(),
             "isa": _isa(),
             "threads": torch.get_num_threads(),
             "torch": torch.__version__,
