@@ -45,6 +45,12 @@ def quantize_activation(quantizer: Quantizer, x: torch.Tensor):
     return qt.x_hat, qt.codes, qt.scale
 
 
+def _dequantize_rows(codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``codes [R, C] * scale`` with one scale per row or one for all (``scale`` of R or 1
+    elements): int8 times float32 in one pass. The backward GEMMs' float operands."""
+    return codes * scale.reshape(-1, 1)
+
+
 _FUSED_MODES = {LSQQuantizer: "lsq", TQTQuantizer: "tqt", PACTQuantizer: "pact"}
 _LN2 = math.log(2.0)
 
@@ -86,18 +92,18 @@ class _FusedActInt8Linear(torch.autograd.Function):
         a_codes = ste_tensor.ste_codes(x.detach(), s, qmax, name="input")
         a_scale = torch.tensor([s], dtype=torch.float32)
         w_scale = w_scale.reshape(-1)
-        ctx.save_for_backward(x.detach(), a_codes, w_codes, w_scale)
+        ctx.save_for_backward(x.detach(), a_codes, a_scale, w_codes, w_scale)
         ctx.meta = (quantizer, mode, s, alpha, qmax, bias is not None, param.shape)
         return int8_linear(a_codes, a_scale, w_codes, w_scale, None if bias is None else bias.detach())
 
     @staticmethod
     def backward(ctx, dy):
-        x, a_codes, w_codes, w_scale = ctx.saved_tensors
+        x, a_codes, a_scale, w_codes, w_scale = ctx.saved_tensors
         quantizer, mode, s, alpha, qmax, has_bias, pshape = ctx.meta
         dy = dy.contiguous()
         dx = dparam = dw = db = None
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-            dx_hat = dy @ (w_codes * w_scale.unsqueeze(-1))  # int8 * float32: one pass
+            dx_hat = dy @ _dequantize_rows(w_codes, w_scale)
             dx, sums = ste_tensor.ste_backward(x, dx_hat, s, qmax, mode, alpha)
             if mode == "lsq":
                 dp = sums[0] * quantizer.grad_scale(x)
@@ -107,7 +113,7 @@ class _FusedActInt8Linear(torch.autograd.Function):
                 dp = sums[1]
             dparam = dp.float().reshape(pshape)
         if ctx.needs_input_grad[2]:
-            dw = dy.t() @ (a_codes * torch.tensor(s, dtype=torch.float32))
+            dw = dy.t() @ _dequantize_rows(a_codes, a_scale)
         if has_bias and ctx.needs_input_grad[3]:
             db = dy.sum(0)
         return dx, dparam, dw, db, None, None, None, None, None, None
@@ -128,11 +134,9 @@ class _Int8LinearSTE(torch.autograd.Function):
         a_codes, a_scale, w_codes, w_scale = ctx.saved_tensors
         dx = dw = db = None
         if ctx.needs_input_grad[0]:
-            w_hat = w_codes * w_scale.unsqueeze(-1)  # int8 * float32: one pass
-            dx = dy @ w_hat
+            dx = dy @ _dequantize_rows(w_codes, w_scale)
         if ctx.needs_input_grad[1]:
-            a_hat = a_codes * (a_scale.unsqueeze(-1) if a_scale.numel() > 1 else a_scale)
-            dw = dy.t() @ a_hat
+            dw = dy.t() @ _dequantize_rows(a_codes, a_scale)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             db = dy.sum(0)
         return dx, dw, db, None, None, None, None
