@@ -32,12 +32,17 @@ def _fake_quant(x: torch.Tensor, dim: int) -> torch.Tensor:
     return x + (fq - x).detach()
 
 
-def fake_quant_chunk_retention(q, k, v, g_gamma, scale: float) -> torch.Tensor:
-    """``o [B, T, H, V]``: fake-quantized operands, then the float chunk op (T a multiple of 64)."""
+def fake_quant_operands(q, k, v) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``q, k`` per token and ``v`` per (chunk, channel) fake-quantized (``[B, T, H, D]``, T a
+    multiple of 64): the default int8 configuration's granularities."""
     B, T, H, V = v.shape
     if T % CHUNK_SIZE:
         raise ValueError(f"T={T} must be a multiple of {CHUNK_SIZE}")
-    qf = _fake_quant(q * scale, dim=-1)
-    kf = _fake_quant(k, dim=-1)
-    vf = _fake_quant(v.view(B, T // CHUNK_SIZE, CHUNK_SIZE, H, V), dim=2).view(B, T, H, V)
+    vf = _fake_quant(v.reshape(B, T // CHUNK_SIZE, CHUNK_SIZE, H, V), dim=2).reshape(B, T, H, V)
+    return _fake_quant(q, dim=-1), _fake_quant(k, dim=-1), vf
+
+
+def fake_quant_chunk_retention(q, k, v, g_gamma, scale: float) -> torch.Tensor:
+    """``o [B, T, H, V]``: fake-quantized operands, then the float chunk op (T a multiple of 64)."""
+    qf, kf, vf = fake_quant_operands(q * scale, k, v)
     return chunk_retention(qf, kf, vf, scale=1.0, g_gamma=g_gamma)[0]

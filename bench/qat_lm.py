@@ -31,11 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.fake_quant import _fake_quant
+from bench.fake_quant import fake_quant_operands
 from retquant import QuantSpec
 from retquant.backends import cpu_extension
 from retquant.backends.cpu_extension import cpu_name
-from retquant.constants import CHUNK_SIZE
 from retquant.models import RetNetConfig, RetNetLM
 from retquant.nn import MultiScaleRetention
 from retquant.quantization import (
@@ -68,9 +67,7 @@ class FakeQuantRetention(MultiScaleRetention):
 
     def _project(self, x, position_offset):
         q, k, v, g = super()._project(x, position_offset)
-        B, T, H, V = v.shape
-        vf = _fake_quant(v.reshape(B, T // CHUNK_SIZE, CHUNK_SIZE, H, V), dim=2).reshape(B, T, H, V)
-        return _fake_quant(q, dim=-1), _fake_quant(k, dim=-1), vf, g
+        return (*fake_quant_operands(q, k, v), g)
 
 
 # The two QAT linear configurations timed: LSQ weights (per channel) with LSQ input activations
