@@ -23,6 +23,7 @@ import json
 import platform
 import statistics
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -204,17 +205,25 @@ def time_rows(rows: list[Row], repeats: int) -> dict[str, list[float]]:
 
 
 def saved_bytes(fn) -> int:
-    """Bytes autograd saves for backward while ``fn()`` builds its graph: numel * element_size of
-    every packed tensor, each storage counted once (the largest view of it)."""
-    seen: dict[int, int] = {}
+    """Bytes autograd holds for backward once ``fn()`` has built its graph: numel * element_size
+    of every packed tensor still held when ``fn`` returns, each storage counted once (the largest
+    view of it). Tensors packed by a graph that was discarded meanwhile (e.g. the quantize-
+    dequantize branch of ``x + (fq(x) - x).detach()``) are not counted: their memory was freed,
+    and counting them by address made the figure depend on where the allocator reused it."""
+    packed: list[weakref.ref] = []
 
     def pack(t):
-        key = t.untyped_storage().data_ptr()
-        seen[key] = max(seen.get(key, 0), t.numel() * t.element_size())
+        packed.append(weakref.ref(t))
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = fn()
+    seen: dict[int, int] = {}
+    for ref in packed:
+        t = ref()
+        if t is not None:
+            key = t.untyped_storage().data_ptr()
+            seen[key] = max(seen.get(key, 0), t.numel() * t.element_size())
     del out
     return sum(seen.values())
 
