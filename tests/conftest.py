@@ -1,3 +1,4 @@
+import math
 import sys
 
 import pytest
@@ -51,3 +52,27 @@ def pytest_terminal_summary(terminalreporter):
     ran = ", ".join(i for i in mod.ISAS if i in mod.ISA_RAN) or "none"
     skipped = ", ".join(i for i in mod.ISAS if i in mod.ISA_SKIPPED - mod.ISA_RAN) or "none"
     terminalreporter.write_line(f"CPU kernel ISAs tested: {ran}; skipped (not on this CPU): {skipped}")
+
+
+def range_grad_terms(mode: str, x, g, s: float, qmax: int, alpha: float = 0.0):
+    """The per-element terms (float64, exact) whose sum is a learnable range's gradient before
+    the method's factor: LSQ / TQT ``g * (round(t) - t)`` inside and ``g * ±qmax`` outside
+    (inside: ``|t| <= qmax`` for LSQ, ``|round(t)| <= qmax`` for TQT, t = x / s in float32);
+    PACT ``+g`` above the clip, ``-g`` below, 0 inside."""
+    x = x.detach().float()
+    gd = g.detach().double()
+    if mode == "pact":
+        a = torch.tensor(alpha)
+        return gd * (x > a) - gd * (x < -a)
+    t = x / torch.tensor(s)
+    r = torch.round(t)
+    below, above = (t < -qmax, t > qmax) if mode == "lsq" else (r < -qmax, r > qmax)
+    outside = torch.where(below, -float(qmax), float(qmax))
+    return gd * torch.where(below | above, outside, r - t).double()
+
+
+def float32_sum_error_bound(terms) -> float:
+    """A bound on the rounding error of torch's float32 sum of ``terms`` (a cascade sum: about
+    log2(n) roundings per term; 4x margin): 4 * ceil(log2 n) * 2**-24 * sum |term|."""
+    n = max(terms.numel(), 2)
+    return 4 * math.ceil(math.log2(n)) * 2.0**-24 * terms.abs().sum().item()
