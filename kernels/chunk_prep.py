@@ -3,11 +3,16 @@ chunk offsets (dense or varlen), the decay tables, and the output/trace buffers.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from dataclasses import dataclass
 
 import torch
 
 from retquant.decay import ChunkDecay, chunk_decay_tables
+
+# Launch tables kept per (decay, sequence lengths, chunk size, device): a few KB each.
+SEQUENCE_TABLE_CACHE_SIZE = 32
 
 
 @dataclass
@@ -66,19 +71,51 @@ def sequence_lengths(q, k, v, cu_seqlens) -> list[int]:
     return [e - s for s, e in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
-def _last_chunk_tables(g, lengths, c, device):
+@dataclass(frozen=True)
+class _SequenceTables:
+    """The per-call constants of :class:`ChunkLaunch` that depend only on the decay, the sequence
+    lengths and the device (offsets and decay tables), ready on the device."""
+
+    cu: torch.Tensor
+    choff: torch.Tensor
+    chunk_seq: torch.Tensor
+    full: ChunkDecay
+    fused: torch.Tensor
+    kdec_last: torch.Tensor
+    chunk_last: torch.Tensor
+    dummy: torch.Tensor
+
+
+@functools.lru_cache(maxsize=SEQUENCE_TABLE_CACHE_SIZE)
+def _sequence_tables(g: tuple, lengths: tuple, c: int, device: torch.device) -> _SequenceTables:
+    """Built on the CPU (the decay tables are CPU numbers anyway, see :mod:`retquant.decay`)
+    and moved once; cached because on a GPU these dozens of tiny tensors cost more host time
+    than the kernels themselves at moderate T."""
+    gg = torch.tensor(g, dtype=torch.float64)
+    nchunks = [-(-n // c) for n in lengths]
+    i32 = {"dtype": torch.int32, "device": device}
     by_len = {}
     kdec_last, chunk_last = [], []
     for n in lengths:
-        last = n - (-(-n // c) - 1) * c
+        last = n - (nchunks[len(kdec_last)] - 1) * c
         if last not in by_len:
-            t = chunk_decay_tables(g, last, c)
-            kd = torch.zeros(g.numel(), c, dtype=torch.float32, device=device)
+            t = chunk_decay_tables(gg, last, c)
+            kd = torch.zeros(gg.numel(), c, dtype=torch.float32)
             kd[:, :last] = t.kdec
             by_len[last] = (kd, t.chunk)
         kdec_last.append(by_len[last][0])
         chunk_last.append(by_len[last][1])
-    return torch.stack(kdec_last).contiguous(), torch.stack(chunk_last).contiguous()
+    full = chunk_decay_tables(gg, c, c)
+    return _SequenceTables(
+        cu=torch.tensor([0, *lengths], dtype=torch.int64).cumsum(0).to(**i32),
+        choff=torch.tensor([0, *nchunks[:-1]], dtype=torch.int64).cumsum(0).to(**i32),
+        chunk_seq=torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(nchunks)).to(**i32),
+        full=ChunkDecay(*(x.to(device) for x in dataclasses.astuple(full))),
+        fused=full.fused.to(**i32),
+        kdec_last=torch.stack(kdec_last).to(device),
+        chunk_last=torch.stack(chunk_last).to(device),
+        dummy=torch.empty(1, dtype=torch.float32, device=device),
+    )
 
 
 def prepare_chunk_launch(
@@ -103,14 +140,9 @@ def prepare_chunk_launch(
     N = len(lengths)
     c = chunk_size
     i32 = {"dtype": torch.int32, "device": dev}
-    nchunks = [-(-n // c) for n in lengths]
-    cu = torch.tensor([0] + lengths, dtype=torch.int64).cumsum(0).to(**i32)
-    choff = torch.tensor([0] + nchunks[:-1], dtype=torch.int64).cumsum(0).to(**i32)
-    chunk_seq = torch.repeat_interleave(torch.arange(N), torch.tensor(nchunks)).to(**i32)
-    nc = sum(nchunks)
-    g = g_gamma.to(device=dev, dtype=torch.float64)
-    full = chunk_decay_tables(g, c, c)
-    kdec_last, chunk_last = _last_chunk_tables(g, lengths, c, dev)
+    nc = sum(-(-n // c) for n in lengths)
+    g = tuple(g_gamma.detach().to(torch.float64).tolist())
+    tables = _sequence_tables(g, tuple(lengths), c, dev)
     if out is None:
         out = torch.empty(B, T, H, V, dtype=q.dtype, device=dev)
     if output_final_state and final_out is None:
@@ -134,24 +166,30 @@ def prepare_chunk_launch(
         NC=nc,
         C=c,
         scale=float(torch.tensor(scale, dtype=torch.float32)),
-        cu=cu,
-        choff=choff,
-        chunk_seq=chunk_seq,
-        full=full,
-        fused=full.fused.to(**i32).contiguous(),
-        kdec_last=kdec_last,
-        chunk_last=chunk_last,
+        cu=tables.cu,
+        choff=tables.choff,
+        chunk_seq=tables.chunk_seq,
+        full=tables.full,
+        fused=tables.fused,
+        kdec_last=tables.kdec_last,
+        chunk_last=tables.chunk_last,
         h0=None if initial_state is None else initial_state.to(torch.float32).contiguous(),
         out=out,
         final=final_out if output_final_state else None,
         trace=tr,
-        dummy=torch.empty(1, dtype=torch.float32, device=dev),
+        dummy=tables.dummy,
     )
 
 
-def block(n: int) -> int:
-    """Smallest power of two >= max(n, 16) (``tl.dot`` needs dims >= 16)."""
-    p = 16
+# An int8 ``tl.dot`` on an NVIDIA GPU needs a reduced dimension of at least 32 (the int8 MMA
+# shapes; Triton asserts it at compile time), other dimensions at least 16.
+DOT_MIN_DIM = 16
+INT8_DOT_MIN_REDUCED = 32
+
+
+def block(n: int, least: int = DOT_MIN_DIM) -> int:
+    """Smallest power of two >= max(n, least); the padding lanes are masked to zero."""
+    p = least
     while p < n:
         p *= 2
     return p
@@ -176,7 +214,7 @@ def state_meta(p: ChunkLaunch) -> dict:
     """Compile-time arguments of the kernels that carry the state across chunks."""
     return {
         "C": p.C,
-        "BK": block(p.K),
+        "BK": block(p.K, INT8_DOT_MIN_REDUCED),  # K is reduced in Q K^T and Q S
         "USE_H0": p.h0 is not None,
         "STORE_HT": p.final is not None,
         "TRACE": p.trace is not None,

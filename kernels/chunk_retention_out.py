@@ -13,7 +13,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from retquant.kernels.chunk_prep import ChunkLaunch, block, launch_over_v
+from retquant.kernels.chunk_prep import INT8_DOT_MIN_REDUCED, ChunkLaunch, block, launch_over_v
 from retquant.kernels.chunk_tile import decayed_scores, load_chunk_tiles
 from retquant.kernels.quant_int8 import (
     finish_output,
@@ -131,6 +131,11 @@ def chunk_out_launch(p: ChunkLaunch, s_codes, s_scales, block_v: int | None = No
         p.K,
         p.V,
     )
-    meta = {"C": p.C, "BK": block(p.K), "TRACE": p.trace is not None, "enable_fp_fusion": False}
+    meta = {
+        "C": p.C,
+        "BK": block(p.K, INT8_DOT_MIN_REDUCED),
+        "TRACE": p.trace is not None,
+        "enable_fp_fusion": False,
+    }
     launch_over_v(chunk_retention_out_kernel, _tuned_kernel, args, meta, (p.NC, p.H), p, block_v, 64)
     finish_output(p.out, kout)

@@ -11,11 +11,14 @@ elementwise products and a sum instead of ``tl.dot``.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
 
-from retquant.kernels.chunk_prep import block, check_block_v, sequence_lengths
+from retquant.decay import step_gamma
+from retquant.kernels.chunk_prep import SEQUENCE_TABLE_CACHE_SIZE, block, check_block_v, sequence_lengths
 from retquant.kernels.quant_int8 import (
     finish_output,
     int8_codes,
@@ -100,6 +103,15 @@ def _configs():
 _tuned_kernel = triton.autotune(configs=_configs(), key=["K", "V"])(recurrent_retention_step_kernel)
 
 
+@functools.lru_cache(maxsize=SEQUENCE_TABLE_CACHE_SIZE)
+def _step_tables(g: tuple, lengths: tuple, device: torch.device):
+    """Token offsets, the spec's per-head gamma and a dummy pointer, on ``device``; cached (a
+    decode step is short enough that building these each call would dominate it on a GPU)."""
+    cu = torch.tensor([0, *lengths], dtype=torch.int64).cumsum(0).to(device=device, dtype=torch.int32)
+    gamma = step_gamma(torch.tensor(g, dtype=torch.float64)).to(device)
+    return cu, gamma, torch.empty(1, dtype=torch.float32, device=device)
+
+
 def recurrent_retention_fwd(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -127,9 +139,7 @@ def recurrent_retention_fwd(
     V = v.shape[-1]
     dev = q.device
     N = len(lengths)
-    cu = torch.tensor([0] + lengths, dtype=torch.int64).cumsum(0).to(device=dev, dtype=torch.int32)
-    # the spec's gamma: exp(g) in float64 rounded once to float32
-    gamma = torch.exp(g_gamma.to(device=dev, dtype=torch.float64)).float().contiguous()
+    cu, gamma, dummy = _step_tables(tuple(g_gamma.detach().to(torch.float64).tolist()), tuple(lengths), dev)
 
     q, k, v = (x.contiguous() for x in (q, k, v))
     if out is None:
@@ -138,7 +148,6 @@ def recurrent_retention_fwd(
         final_out = torch.empty(N, H, K, V, dtype=torch.float32, device=dev)
     h0 = None if initial_state is None else initial_state.to(torch.float32).contiguous()
     kout = kernel_output(out)
-    dummy = torch.empty(1, dtype=torch.float32, device=dev)
     args = (
         q,
         k,

@@ -2,7 +2,10 @@
 
 Everything that needs gamma gets it from here, so the float spec, the integer spec and the
 kernels agree on every factor. Tables are computed in float64 and rounded once to float32, so
-a kernel that loads them multiplies by exactly the numbers the PyTorch spec multiplies by.
+a kernel that loads them multiplies by exactly the numbers the PyTorch spec multiplies by. They
+are always computed on the CPU and then moved to ``g_gamma``'s device: a GPU's float64 ``exp``
+is not the CPU's (CUDA's is not correctly rounded), so computing them where ``g_gamma`` lives
+would make the integer specification depend on the device.
 """
 
 from __future__ import annotations
@@ -89,17 +92,29 @@ def chunk_decay_tables(g_gamma: torch.Tensor, length: int, chunk_size: int) -> C
         >>> t.row.shape, t.mask.shape
         (torch.Size([2, 64]), torch.Size([2, 64, 64]))
     """
-    g = g_gamma.to(torch.float64)[:, None]
-    j = torch.arange(length, dtype=torch.float64, device=g.device)[None, :]
+    dev = g_gamma.device
+    g = g_gamma.detach().to("cpu", torch.float64)[:, None]
+    j = torch.arange(length, dtype=torch.float64)[None, :]
     diff = j[0][:, None] - j[0][None, :]
     causal = diff >= 0
     mask = torch.where(causal, torch.exp(g[:, :, None] * diff.clamp(min=0)), 0.0)
     return ChunkDecay(
-        row=torch.exp(g * j).float(),
-        col=torch.exp(-g * j).float(),
-        mask=mask.float(),
-        inter=torch.exp(g * (j + 1)).float(),
-        kdec=torch.exp(g * (length - 1 - j)).float(),
-        chunk=torch.exp(g[:, 0] * length).float(),
-        fused=fused_decay_ok(g_gamma, chunk_size),
+        row=torch.exp(g * j).float().to(dev),
+        col=torch.exp(-g * j).float().to(dev),
+        mask=mask.float().to(dev),
+        inter=torch.exp(g * (j + 1)).float().to(dev),
+        kdec=torch.exp(g * (length - 1 - j)).float().to(dev),
+        chunk=torch.exp(g[:, 0] * length).float().to(dev),
+        fused=fused_decay_ok(g[:, 0], chunk_size).to(dev),
     )
+
+
+def step_gamma(g_gamma: torch.Tensor) -> torch.Tensor:
+    """gamma = exp(g_gamma) per head, in float64 on the CPU, rounded once to float32 and moved to
+    ``g_gamma``'s device: the decode step's decay (the same number on every device).
+
+    Example:
+        >>> step_gamma(torch.tensor([-0.5], dtype=torch.float64))
+        tensor([0.6065])
+    """
+    return torch.exp(g_gamma.detach().to("cpu", torch.float64)).float().to(g_gamma.device)

@@ -118,3 +118,24 @@ def test_presets_and_resolve():
         resolve_quant("int3")
     with pytest.raises(TypeError, match="quant"):
         resolve_quant(8)
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_scale_is_the_correctly_rounded_quotient_on_every_device(gen, device, symmetric):
+    # PyTorch's CUDA kernels compute x / number as x * (1 / number); the spec must not (its
+    # kernels divide with IEEE rounding). s is the correctly rounded span / n exactly when
+    # |s * n - span| <= n * ulp(s) / 2, and float64 holds s * n exactly (24 + 7 bits).
+    spec = QuantSpec(bits=8, symmetric=symmetric)
+    n = spec.qmax if symmetric else spec.qmax - spec.qmin
+    x = (torch.rand(4096, 16, generator=gen) * 2 - 1) * torch.exp(torch.randn(4096, 1, generator=gen) * 3)
+    s, _ = compute_qparams(x.to(device), spec, (1,))
+    s = s.cpu().double().flatten()
+    # the dividend as the spec forms it: amax, or hi - lo rounded to float32
+    span = (x.abs().amax(1) if symmetric else x.amax(1).clamp(min=0) - x.amin(1).clamp(max=0)).double()
+    ulp = torch.from_numpy(np.spacing(s.float().numpy()).astype(np.float64))
+    err = (s * n - span).abs()
+    assert bool((err <= n * ulp / 2).all()), f"worst: {(err / (n * ulp)).max().item():.3f} ulp"

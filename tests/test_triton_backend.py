@@ -315,3 +315,15 @@ def test_interpreter_flag_set_after_triton_import_gives_a_reason():
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr
+
+
+def test_launch_tables_follow_the_decay_and_lengths():
+    # the launchers cache offsets and decay tables per (decay, lengths, device): a second decay
+    # or a new length with the same shapes must not reuse the first one's tables
+    (q, k, v), h0 = _inputs(1, 100, 2, 32, 16, seed=11)
+    for g in (default_g_gamma(2), torch.tensor([-0.2, -0.01], dtype=torch.float64), default_g_gamma(2)):
+        _check_chunk_vs_spec(q, k, v, g, h0)
+        _check_chunk_vs_spec(q[:, :70], k[:, :70], v[:, :70], g, h0)
+        o, f = recurrent_retention_fwd(q[:, :3], k[:, :3], v[:, :3], g, 0.25, h0, True)
+        ro, rf = int_recurrent_retention(q[:, :3], k[:, :3], v[:, :3], g, 0.25, CFG, h0)
+        assert torch.equal(o, ro) and torch.equal(f, rf)

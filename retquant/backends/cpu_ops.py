@@ -27,7 +27,7 @@ import torch
 
 from retquant.backends import cpu_extension
 from retquant.constants import CHUNK_SIZE
-from retquant.decay import chunk_decay_tables
+from retquant.decay import chunk_decay_tables, step_gamma
 from retquant.validate import check_quant_inputs, nonfinite_error, range_error
 
 # Decay tables per distinct (g_gamma, chunk size), least recently used first. Bounded: a model
@@ -76,7 +76,7 @@ def decay_tables(g_gamma: torch.Tensor, lengths, chunk_size: int = CHUNK_SIZE) -
             "mask": full.mask.contiguous(),
             "inter": full.inter.contiguous(),
             "fused": full.fused.to(torch.uint8).contiguous(),
-            "gamma": torch.exp(g).float().contiguous(),  # per head, for the decode kernel
+            "gamma": step_gamma(g).contiguous(),  # per head, for the decode kernel
             "kdec": torch.zeros(H, C + 1, C),
             "chunk": torch.zeros(H, C + 1),
             "filled": set(),

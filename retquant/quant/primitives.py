@@ -10,7 +10,10 @@ that performs the same operations gets the same integer codes bit for bit.
     code   = clamp(round(x / scale) + zero, qmin, qmax)
     x_hat  = (code - zero) * scale
 
-An all-zero group gets scale 1 (its codes are 0), so no division by zero can occur.
+An all-zero group gets scale 1 (its codes are 0), so no division by zero can occur. Every
+division takes a tensor divisor: PyTorch's CUDA kernels replace ``x / number`` by ``x * (1 /
+number)``, which is not the correctly rounded quotient (it differs in the last bit for some
+``x``), so the specification would change with the device.
 """
 
 from __future__ import annotations
@@ -47,16 +50,22 @@ def compute_qparams(
         lo = torch.amin(x, dim=dims, keepdim=True) if dims else x
     if spec.symmetric:
         amax = torch.maximum(hi.abs(), lo.abs())
-        scale = amax / spec.qmax
+        scale = amax / _divisor(spec.qmax, amax)
         zero = torch.zeros_like(scale, dtype=torch.int32)
     else:
         lo = torch.clamp(lo, max=0.0)
         hi = torch.clamp(hi, min=0.0)
-        scale = (hi - lo) / (spec.qmax - spec.qmin)
+        scale = (hi - lo) / _divisor(spec.qmax - spec.qmin, hi)
         safe = torch.where(scale > 0, scale, 1.0)
         zero = torch.clamp(spec.qmin - torch.round(lo / safe), spec.qmin, spec.qmax).to(torch.int32)
     scale = torch.where(scale > 0, scale, 1.0)
     return scale, zero
+
+
+def _divisor(n: int, like: torch.Tensor) -> torch.Tensor:
+    """``n`` as a float32 tensor on ``like``'s device, so ``x / _divisor(n, x)`` is IEEE division
+    on every device (see the module docstring)."""
+    return torch.full((), float(n), dtype=torch.float32, device=like.device)
 
 
 def quantize(

@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from retquant.decay import step_gamma
 from retquant.quant.config import RetentionQuantConfig
 from retquant.quant.primitives import centered, compute_qparams, quantize
 from retquant.quant.ranges import max_centered_magnitude
@@ -79,7 +80,7 @@ def int_recurrent_retention(
     check_quant_inputs(q, k, v, initial_state, scale)
     B, T, H, K = q.shape
     V = v.shape[-1]
-    gamma = torch.exp(g_gamma.to(q.device)).float().view(1, H, 1, 1)
+    gamma = step_gamma(g_gamma).to(q.device).view(1, H, 1, 1)
     qc, sq, zq = _per_token(q.float() * scale, config.q, generator)  # [B, T, H, K], [B, T, H, 1]
     kc, sk, zk = _per_token(k.float(), config.k, generator)
     vc, sv, zv = _per_token(v.float(), config.v, generator)
