@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import threading
 from importlib import resources
@@ -89,6 +90,25 @@ def _source_dir() -> str:
     return str(resources.files("retquant._csrc"))
 
 
+def _ldflags(cxx: str) -> list[str]:
+    """Link flags. A toolchain whose shared ``libstdc++.so`` link is missing (seen on an Ubuntu
+    24.04 GPU image: GCC 13 with only ``libstdc++.a`` beside it) silently links a private static
+    copy of the C++ library into the extension; its locale facets then clash with the process's
+    copy and formatting a number in an error message segfaults. Name the shared runtime library
+    explicitly there."""
+    flags = ["-fopenmp"]
+    if platform.system() == "Linux":
+        try:
+            found = subprocess.run(
+                [cxx, "-print-file-name=libstdc++.so"], capture_output=True, text=True, timeout=60
+            ).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            found = ""
+        if found and not os.path.exists(found):  # GCC prints the bare name, or a dangling link
+            flags.insert(0, "-l:libstdc++.so.6")
+    return flags
+
+
 def _build() -> None:
     from torch.utils import cpp_extension
 
@@ -109,7 +129,7 @@ def _build() -> None:
         name="retquant_cpu",
         sources=[os.path.join(src, s) for s in SOURCES],
         extra_cflags=CFLAGS,
-        extra_ldflags=["-fopenmp"],
+        extra_ldflags=_ldflags(cxx),
         build_directory=build_dir,
         is_python_module=False,
         verbose=False,
