@@ -7,9 +7,16 @@ Times (median of CUDA-event repeats, after warm-up) at B=4, K=V=128:
 * ``int8 split`` / ``int8 fused``: the Triton chunk forward (bf16 in/out, int8 GEMMs, fused
   decay) as two passes (state pass + chunk-parallel output pass; the default) and as one pass,
   each call including its host-side preparation (decay tables, offsets);
-* ``int8 split krn``: the two split kernels alone, on a launch prepared once (the kernel time);
+* ``int8 split krn``: the two split kernels alone, on a launch prepared once (the kernel time),
+  then each pass alone (``state pass``, ``output pass``);
 * ``fla bf16``: ``fla.ops.retention.chunk_retention`` when fla is importable;
 * ``torch bf16``: a plain PyTorch chunkwise implementation (:mod:`bench.torch_chunk`).
+
+and one decode step (T=1 with an fp32 state, ``[B, H, K, V]``):
+
+* ``int8 decode``: the Triton recurrent kernel through its launcher (host preparation included);
+* ``fla decode``: ``fla.ops.retention.fused_recurrent_retention`` (bf16 q/k/v, fp32 state);
+* ``torch fp32 step``: ``S = gamma S + k v^T; o = q S`` in place (``mul_``, ``baddbmm_``, ``bmm``).
 
 Reports TFLOP/s-equivalent (the four chunk GEMMs: ``2 C (K + V) + 4 K V`` FLOPs per token and
 head) and ``split gain`` = method time / int8-split time (> 1: the int8 kernel is faster; the
@@ -20,6 +27,7 @@ a small shape. Exits with a message when there is no CUDA GPU.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 
@@ -79,6 +87,7 @@ def main(argv=None) -> None:
     ap.add_argument("--K", type=int, default=128)
     ap.add_argument("--V", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--json", default=None, help="also write every row to this JSON file")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         sys.exit(
@@ -91,26 +100,43 @@ def main(argv=None) -> None:
         sys.exit(f"bench.gpu: triton is not installed ({e}); pip install -e '.[triton]'")
     try:
         from fla.ops.retention import chunk_retention as fla_chunk
-    except ImportError:
-        fla_chunk = None
+        from fla.ops.retention import fused_recurrent_retention as fla_decode
+    except Exception as e:  # noqa: BLE001  (fla's import can fail in many ways; its rows are skipped)
+        fla_chunk = fla_decode = None
+        fla_error = f"{type(e).__name__}: {e}"
 
-    print(
-        f"device: {torch.cuda.get_device_name()}; torch {torch.__version__}; "
-        f"median of {args.repeats} CUDA-event timings"
-    )
-    for mode in ("split", "fused"):
-        print(_check_against_spec(chunk_retention_fwd, mode))
+    import triton
+
+    machine = {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "cuda": torch.version.cuda,
+        "repeats": args.repeats,
+    }
+    print(f"{'; '.join(f'{k} {v}' for k, v in machine.items())} (medians of CUDA-event timings)")
+    checks = [_check_against_spec(chunk_retention_fwd, mode) for mode in ("split", "fused")]
+    print("\n".join(checks))
     if fla_chunk is None:
-        print("fla is not importable: its column is skipped")
+        print(f"fla is not importable ({fla_error}): its rows are skipped")
     head = f"{'B':>2} {'H':>3} {'T':>6} | {'method':<15} {'ms':>9} {'TFLOP/s-eq':>10} {'split gain':>10}"  # noqa: E501
     print(head)
     print("-" * len(head))
+    rows = []
     for H in args.H:
         for T in args.T:
-            _bench_shape(args.B, H, T, args.K, args.V, args.repeats, chunk_retention_fwd, fla_chunk)
+            rows += _bench_shape(args.B, H, T, args.K, args.V, args.repeats, chunk_retention_fwd, fla_chunk)
+    head = f"{'B':>2} {'H':>3} | {'decode method':<16} {'us':>9} {'GB/s':>8} {'int8 gain':>10}"
+    print(head)
+    print("-" * len(head))
+    for H in args.H:
+        rows += _bench_decode(args.B, H, args.K, args.V, args.repeats, fla_decode)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": machine, "checks": checks, "rows": rows}, f, indent=1)
 
 
-def _bench_shape(B, H, T, K, V, repeats, chunk_fwd, fla_chunk) -> None:
+def _bench_shape(B, H, T, K, V, repeats, chunk_fwd, fla_chunk) -> list[dict]:
     """Time every method on one shape and print one row each (gain = its ms / split ms)."""
     from retquant.kernels.chunk_prep import prepare_chunk_launch
     from retquant.kernels.chunk_retention_out import chunk_out_launch
@@ -129,9 +155,12 @@ def _bench_shape(B, H, T, K, V, repeats, chunk_fwd, fla_chunk) -> None:
     def split_kernels():
         chunk_out_launch(prepared, *chunk_state_launch(prepared))
 
+    state = chunk_state_launch(prepared)
     rows = [
         ("int8 split", lambda: chunk_fwd(q, k, v, g_gamma, scale, mode="split")),
         ("int8 split krn", split_kernels),
+        ("  state pass", lambda: chunk_state_launch(prepared)),
+        ("  output pass", lambda: chunk_out_launch(prepared, *state)),
         ("int8 fused", lambda: chunk_fwd(q, k, v, g_gamma, scale, mode="fused")),
     ]
     if fla_chunk is not None:
@@ -139,11 +168,57 @@ def _bench_shape(B, H, T, K, V, repeats, chunk_fwd, fla_chunk) -> None:
     rows.append(("torch bf16", lambda: torch_chunk_retention(q, k, v, g_gamma, scale)))
     flops = _flops(B, T, H, K, V)
     base = None
+    out = []
     for name, fn in rows:
         ms = _cuda_time(fn, repeats)
         base = ms if base is None else base
         print(f"{B:>2} {H:>3} {T:>6} | {name:<15} {ms:>9.3f} {flops / ms / 1e9:>10.2f} {ms / base:>9.2f}x")
+        out.append({"kind": "chunk", "B": B, "H": H, "T": T, "K": K, "V": V, "method": name, "ms": ms,
+                    "tflops_eq": flops / ms / 1e9, "gain_vs_int8_split": ms / base})  # fmt: skip
     torch.cuda.empty_cache()
+    return out
+
+
+def _bench_decode(B, H, K, V, repeats, fla_decode) -> list[dict]:
+    """Time one decode step (T=1, fp32 state in and out) per method; gain = its time / int8's."""
+    from retquant.kernels.recurrent_retention_step import recurrent_retention_fwd
+
+    gen = torch.Generator(device="cuda").manual_seed(H)
+    kw = {"device": "cuda", "generator": gen}
+    q, k, v = (torch.randn(B, 1, H, d, dtype=torch.bfloat16, **kw) for d in (K, K, V))
+    state = torch.randn(B, H, K, V, **kw)
+    g_gamma = default_g_gamma(H, device="cuda")
+    gamma = g_gamma.exp().view(1, H, 1, 1)
+    scale = K**-0.5
+    final = torch.empty_like(state)
+    qf, kf, vf = (x.float().reshape(B * H, 1, -1) for x in (q * scale, k, v))
+    s_fp32 = state.clone().view(B * H, K, V)
+
+    def torch_step():
+        s_fp32.view(B, H, K, V).mul_(gamma)
+        s_fp32.baddbmm_(kf.transpose(1, 2), vf)
+        return torch.bmm(qf, s_fp32)
+
+    rows = [
+        (
+            "int8 decode",
+            lambda: recurrent_retention_fwd(q, k, v, g_gamma, scale, state, True, final_out=final),
+        ),  # fmt: skip
+    ]
+    if fla_decode is not None:
+        rows.append(("fla decode", lambda: fla_decode(q, k, v, scale=scale, initial_state=state,
+                                                      output_final_state=True)))  # fmt: skip
+    rows.append(("torch fp32 step", torch_step))
+    nbytes = 2 * 4 * B * H * K * V  # the fp32 state read and written: the step's floor
+    base = None
+    out = []
+    for name, fn in rows:
+        us = _cuda_time(fn, repeats * 5) * 1e3
+        base = us if base is None else base
+        print(f"{B:>2} {H:>3} | {name:<16} {us:>9.1f} {nbytes / us / 1e3:>8.1f} {us / base:>9.2f}x")
+        out.append({"kind": "decode", "B": B, "H": H, "K": K, "V": V, "method": name, "us": us,
+                    "gbps_state": nbytes / us / 1e3, "gain_vs_int8": us / base})  # fmt: skip
+    return out
 
 
 if __name__ == "__main__":
