@@ -1,0 +1,103 @@
+"""Where the CPU decode step's time goes: a fixed cost per call and a cost per (sequence, head).
+
+    python -m bench.decode_profile [--threads 2] [--H 8 --K 128 --V 128] [--repeats 7]
+
+Times the int8 decode kernel (the registered op ``retquant::recurrent_fwd``, state updated in
+place, as ``RetentionDecoder.step`` calls it) and the in-place fp32 PyTorch step
+(:func:`bench.cpu.decode_step_fp32`) at B = 1, 2, 4, 8, fits ``time = fixed + per_head * B * H``
+by least squares, and times a 1 x 1 x 16 x 16 state (almost no work: the call's own cost). The
+state grows from 0.5 to 4 MiB over the sweep (past the L2 of two cores at B >= 2): a per-head
+cost that does not rise with B says the kernel is bound by its arithmetic, not by memory.
+Medians of ``--repeats`` runs of 64 tokens each.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from bench.cpu import decode_step_fp32
+from bench.cpu_peers import median_time
+from retquant.backends import cpu_extension
+from retquant.backends.cpu_extension import cpu_name
+from retquant.decay import default_g_gamma, step_gamma
+
+STEPS = 64
+
+
+def _per_token_times(B, H, K, V, repeats, gen) -> tuple[float, float]:
+    """Seconds per token of the int8 kernel op and of the fp32 step at one shape."""
+    q, k = (torch.randn(STEPS, B, H, K, generator=gen) for _ in range(2))
+    v = torch.randn(STEPS, B, H, V, generator=gen)
+    S0 = torch.randn(B, H, K, V, generator=gen)
+    gamma = step_gamma(default_g_gamma(H))
+    scale = K**-0.5
+    off = torch.arange(B + 1, dtype=torch.int64)
+    out = torch.empty(B, H, V)
+    S_op, S_f32 = S0.clone(), S0.clone()
+    isa = cpu_extension.isa_code()
+
+    def op_steps():
+        for t in range(STEPS):
+            torch.ops.retquant.recurrent_fwd(q[t], k[t], v[t], off, scale, gamma, S_op, out, S_op, isa)
+
+    def fp32_steps():
+        for t in range(STEPS):
+            decode_step_fp32(q[t], k[t], v[t], S_f32, gamma, scale)
+
+    return median_time(op_steps, repeats) / STEPS, median_time(fp32_steps, repeats) / STEPS
+
+
+def _fit(xs, ys) -> tuple[float, float]:
+    """Least-squares ``y = a + b x``; returns ``(a, b)``."""
+    n = len(xs)
+    mx, my = sum(xs) / n, sum(ys) / n
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+    return my - b * mx, b
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--H", type=int, default=8)
+    ap.add_argument("--K", type=int, default=128)
+    ap.add_argument("--V", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=7)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    H, K, V = args.H, args.K, args.V
+    gen = torch.Generator().manual_seed(0)
+    print(
+        f"machine: {cpu_name()}; threads={torch.get_num_threads()}; kernel ISA={cpu_extension.isa()}; "
+        f"H={H} K={K} V={V}; median of {args.repeats} x {STEPS} tokens"
+    )
+    tiny_op, tiny_f32 = _per_token_times(1, 1, 16, 16, args.repeats, gen)
+    print(
+        f"1 x 1 x 16 x 16 state (the call's own cost): int8 op {tiny_op * 1e6:.1f} us, "
+        f"fp32 step {tiny_f32 * 1e6:.1f} us"
+    )
+    print(f"{'B':>2} {'state MiB':>9} | {'int8 op us':>10} {'fp32 us':>8} {'ratio':>6} | {'us/head':>8}")
+    heads, t_op, t_f32 = [], [], []
+    for B in (1, 2, 4, 8):
+        a, b = _per_token_times(B, H, K, V, args.repeats, gen)
+        heads.append(B * H)
+        t_op.append(a * 1e6)
+        t_f32.append(b * 1e6)
+        print(
+            f"{B:>2} {B * H * K * V * 4 / 2**20:>9.2f} | {a * 1e6:>10.1f} {b * 1e6:>8.1f} {b / a:>5.2f}x | "
+            f"{a * 1e6 / (B * H):>8.2f}"
+        )
+    fixed, per_head = _fit(heads, t_op)
+    ffixed, fper_head = _fit(heads, t_f32)
+    print(
+        f"fit, int8 op: {fixed:.1f} us fixed + {per_head:.2f} us per head "
+        f"({per_head * 1e3 / (K * V):.3f} ns per state element); fp32 step: {ffixed:.1f} us fixed + "
+        f"{fper_head:.2f} us per head"
+    )
+    print(f"per-head ratio (fixed costs excluded): {fper_head / per_head:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
