@@ -15,15 +15,30 @@ from retquant.decay import ChunkDecay, chunk_decay_tables
 SEQUENCE_TABLE_CACHE_SIZE = 32
 
 
+@dataclass(frozen=True)
+class SequenceTables:
+    """What a launch needs that depends only on the decay, the sequence lengths and the device
+    (cached, on the device): ``cu`` [N+1] token offsets, ``choff`` [N] first global chunk of
+    each sequence, ``chunk_seq`` [NC] sequence of each global chunk; ``full`` the decay tables
+    of a full chunk (``fused`` its per-head flag as int32) and ``kdec_last`` [N, H, C] /
+    ``chunk_last`` [N, H] those of each sequence's last chunk (taken from
+    :func:`chunk_decay_tables` at that chunk's length, exactly as the spec does); ``dummy`` a
+    one-float buffer for pointer arguments a launch does not use."""
+
+    cu: torch.Tensor
+    choff: torch.Tensor
+    chunk_seq: torch.Tensor
+    full: ChunkDecay
+    fused: torch.Tensor
+    kdec_last: torch.Tensor
+    chunk_last: torch.Tensor
+    dummy: torch.Tensor
+
+
 @dataclass
 class ChunkLaunch:
-    """Everything a chunk kernel launch needs, on the inputs' device.
-
-    ``cu`` [N+1] token offsets, ``choff`` [N] first global chunk of each sequence, ``chunk_seq``
-    [NC] sequence of each global chunk; ``full`` the decay tables of a full chunk and
-    ``kdec_last`` [N, H, C] / ``chunk_last`` [N, H] those of each sequence's last chunk (taken
-    from :func:`chunk_decay_tables` at that chunk's length, exactly as the spec does).
-    """
+    """Everything a chunk kernel launch needs, on the inputs' device: the inputs, the sizes,
+    the cached :class:`SequenceTables` and the output/trace buffers."""
 
     q: torch.Tensor
     k: torch.Tensor
@@ -35,18 +50,11 @@ class ChunkLaunch:
     NC: int
     C: int
     scale: float
-    cu: torch.Tensor
-    choff: torch.Tensor
-    chunk_seq: torch.Tensor
-    full: ChunkDecay
-    fused: torch.Tensor
-    kdec_last: torch.Tensor
-    chunk_last: torch.Tensor
+    tables: SequenceTables
     h0: torch.Tensor | None
     out: torch.Tensor
     final: torch.Tensor | None
     trace: dict | None
-    dummy: torch.Tensor
 
 
 def check_block_v(block_v) -> None:
@@ -71,23 +79,8 @@ def sequence_lengths(q, k, v, cu_seqlens) -> list[int]:
     return [e - s for s, e in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
-@dataclass(frozen=True)
-class _SequenceTables:
-    """The per-call constants of :class:`ChunkLaunch` that depend only on the decay, the sequence
-    lengths and the device (offsets and decay tables), ready on the device."""
-
-    cu: torch.Tensor
-    choff: torch.Tensor
-    chunk_seq: torch.Tensor
-    full: ChunkDecay
-    fused: torch.Tensor
-    kdec_last: torch.Tensor
-    chunk_last: torch.Tensor
-    dummy: torch.Tensor
-
-
 @functools.lru_cache(maxsize=SEQUENCE_TABLE_CACHE_SIZE)
-def _sequence_tables(g: tuple, lengths: tuple, c: int, device: torch.device) -> _SequenceTables:
+def _sequence_tables(g: tuple, lengths: tuple, c: int, device: torch.device) -> SequenceTables:
     """Built on the CPU (the decay tables are CPU numbers anyway, see :mod:`retquant.decay`)
     and moved once; cached because on a GPU these dozens of tiny tensors cost more host time
     than the kernels themselves at moderate T."""
@@ -106,7 +99,7 @@ def _sequence_tables(g: tuple, lengths: tuple, c: int, device: torch.device) -> 
         kdec_last.append(by_len[last][0])
         chunk_last.append(by_len[last][1])
     full = chunk_decay_tables(gg, c, c)
-    return _SequenceTables(
+    return SequenceTables(
         cu=torch.tensor([0, *lengths], dtype=torch.int64).cumsum(0).to(**i32),
         choff=torch.tensor([0, *nchunks[:-1]], dtype=torch.int64).cumsum(0).to(**i32),
         chunk_seq=torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(nchunks)).to(**i32),
@@ -142,7 +135,6 @@ def prepare_chunk_launch(
     i32 = {"dtype": torch.int32, "device": dev}
     nc = sum(-(-n // c) for n in lengths)
     g = tuple(g_gamma.detach().to(torch.float64).tolist())
-    tables = _sequence_tables(g, tuple(lengths), c, dev)
     if out is None:
         out = torch.empty(B, T, H, V, dtype=q.dtype, device=dev)
     if output_final_state and final_out is None:
@@ -166,18 +158,11 @@ def prepare_chunk_launch(
         NC=nc,
         C=c,
         scale=float(torch.tensor(scale, dtype=torch.float32)),
-        cu=tables.cu,
-        choff=tables.choff,
-        chunk_seq=tables.chunk_seq,
-        full=tables.full,
-        fused=tables.fused,
-        kdec_last=tables.kdec_last,
-        chunk_last=tables.chunk_last,
+        tables=_sequence_tables(g, tuple(lengths), c, dev),
         h0=None if initial_state is None else initial_state.to(torch.float32).contiguous(),
         out=out,
         final=final_out if output_final_state else None,
         trace=tr,
-        dummy=tables.dummy,
     )
 
 

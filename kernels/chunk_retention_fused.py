@@ -169,7 +169,7 @@ def chunk_fused_launch(p: ChunkLaunch, block_v: int | None = None) -> None:
     """
     kout = kernel_output(p.out)
     tr = p.trace or {}
-    d = p.dummy
+    d = p.tables.dummy
     args = (
         p.q,
         p.k,
@@ -177,17 +177,17 @@ def chunk_fused_launch(p: ChunkLaunch, block_v: int | None = None) -> None:
         kout,
         d if p.h0 is None else p.h0,
         d if p.final is None else p.final,
-        p.cu,
-        p.choff,
-        p.full.row.contiguous(),
-        p.full.col.contiguous(),
-        p.full.mask.contiguous(),
-        p.full.inter.contiguous(),
-        p.full.kdec.contiguous(),
-        p.full.chunk.contiguous(),
-        p.fused,
-        p.kdec_last,
-        p.chunk_last,
+        p.tables.cu,
+        p.tables.choff,
+        p.tables.full.row.contiguous(),
+        p.tables.full.col.contiguous(),
+        p.tables.full.mask.contiguous(),
+        p.tables.full.inter.contiguous(),
+        p.tables.full.kdec.contiguous(),
+        p.tables.full.chunk.contiguous(),
+        p.tables.fused,
+        p.tables.kdec_last,
+        p.tables.chunk_last,
         tr.get("acc_qk", d),
         tr.get("acc_pv", d),
         tr.get("acc_qs", d),

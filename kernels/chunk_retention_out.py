@@ -107,7 +107,7 @@ def chunk_out_launch(p: ChunkLaunch, s_codes, s_scales, block_v: int | None = No
     fills ``p.out`` and ``p.trace['acc_qk' | 'acc_pv' | 'acc_qs']`` when tracing."""
     kout = kernel_output(p.out)
     tr = p.trace or {}
-    d = p.dummy
+    d = p.tables.dummy
     args = (
         p.q,
         p.k,
@@ -115,14 +115,14 @@ def chunk_out_launch(p: ChunkLaunch, s_codes, s_scales, block_v: int | None = No
         kout,
         s_codes,
         s_scales,
-        p.cu,
-        p.choff,
-        p.chunk_seq,
-        p.full.row.contiguous(),
-        p.full.col.contiguous(),
-        p.full.mask.contiguous(),
-        p.full.inter.contiguous(),
-        p.fused,
+        p.tables.cu,
+        p.tables.choff,
+        p.tables.chunk_seq,
+        p.tables.full.row.contiguous(),
+        p.tables.full.col.contiguous(),
+        p.tables.full.mask.contiguous(),
+        p.tables.full.inter.contiguous(),
+        p.tables.fused,
         tr.get("acc_qk", d),
         tr.get("acc_pv", d),
         tr.get("acc_qs", d),

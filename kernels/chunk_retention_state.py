@@ -127,7 +127,7 @@ def chunk_state_launch(p: ChunkLaunch, block_v: int | None = None):
     dev = p.q.device
     s_codes = torch.empty(p.NC, p.H, p.K, p.V, dtype=torch.int8, device=dev)
     s_scales = torch.empty(p.NC, p.H, p.V, dtype=torch.float32, device=dev)
-    d = p.dummy
+    d = p.tables.dummy
     args = (
         p.k,
         p.v,
@@ -135,12 +135,12 @@ def chunk_state_launch(p: ChunkLaunch, block_v: int | None = None):
         s_scales,
         d if p.h0 is None else p.h0,
         d if p.final is None else p.final,
-        p.cu,
-        p.choff,
-        p.full.kdec.contiguous(),
-        p.full.chunk.contiguous(),
-        p.kdec_last,
-        p.chunk_last,
+        p.tables.cu,
+        p.tables.choff,
+        p.tables.full.kdec.contiguous(),
+        p.tables.full.chunk.contiguous(),
+        p.tables.kdec_last,
+        p.tables.chunk_last,
         d if p.trace is None else p.trace["acc_kv"],
         p.H,
         p.K,
