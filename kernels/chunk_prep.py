@@ -9,9 +9,11 @@ from dataclasses import dataclass
 
 import torch
 
-from retquant.decay import ChunkDecay, chunk_decay_tables
+from retquant.decay import ChunkDecay, chunk_decay_tables, decay_key
 
-# Launch tables kept per (decay, sequence lengths, chunk size, device): a few KB each.
+# Launch tables kept per (decay, sequence lengths, chunk size, device). An entry holds H C^2
+# floats of mask (128 KiB at H=8, C=64) plus N H C of last-chunk factors; varlen batches with a
+# new packing each call miss and cycle through the entries.
 SEQUENCE_TABLE_CACHE_SIZE = 32
 
 
@@ -89,8 +91,8 @@ def _sequence_tables(g: tuple, lengths: tuple, c: int, device: torch.device) -> 
     i32 = {"dtype": torch.int32, "device": device}
     by_len = {}
     kdec_last, chunk_last = [], []
-    for n in lengths:
-        last = n - (nchunks[len(kdec_last)] - 1) * c
+    for n, nch in zip(lengths, nchunks):
+        last = n - (nch - 1) * c
         if last not in by_len:
             t = chunk_decay_tables(gg, last, c)
             kd = torch.zeros(gg.numel(), c, dtype=torch.float32)
@@ -103,7 +105,7 @@ def _sequence_tables(g: tuple, lengths: tuple, c: int, device: torch.device) -> 
         cu=torch.tensor([0, *lengths], dtype=torch.int64).cumsum(0).to(**i32),
         choff=torch.tensor([0, *nchunks[:-1]], dtype=torch.int64).cumsum(0).to(**i32),
         chunk_seq=torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(nchunks)).to(**i32),
-        full=ChunkDecay(*(x.to(device) for x in dataclasses.astuple(full))),
+        full=ChunkDecay(**{f.name: getattr(full, f.name).to(device) for f in dataclasses.fields(full)}),
         fused=full.fused.to(**i32),
         kdec_last=torch.stack(kdec_last).to(device),
         chunk_last=torch.stack(chunk_last).to(device),
@@ -134,7 +136,7 @@ def prepare_chunk_launch(
     c = chunk_size
     i32 = {"dtype": torch.int32, "device": dev}
     nc = sum(-(-n // c) for n in lengths)
-    g = tuple(g_gamma.detach().to(torch.float64).tolist())
+    g = decay_key(g_gamma)
     if out is None:
         out = torch.empty(B, T, H, V, dtype=q.dtype, device=dev)
     if output_final_state and final_out is None:

@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from retquant.decay import step_gamma
+from retquant.decay import decay_key, step_gamma
 from retquant.kernels.chunk_prep import SEQUENCE_TABLE_CACHE_SIZE, block, check_block_v, sequence_lengths
 from retquant.kernels.quant_int8 import (
     finish_output,
@@ -139,7 +139,7 @@ def recurrent_retention_fwd(
     V = v.shape[-1]
     dev = q.device
     N = len(lengths)
-    cu, gamma, dummy = _step_tables(tuple(g_gamma.detach().to(torch.float64).tolist()), tuple(lengths), dev)
+    cu, gamma, dummy = _step_tables(decay_key(g_gamma), tuple(lengths), dev)
 
     q, k, v = (x.contiguous() for x in (q, k, v))
     if out is None:

@@ -27,8 +27,21 @@ def default_g_gamma(num_heads: int, device=None) -> torch.Tensor:
     """
     if not isinstance(num_heads, int) or num_heads < 1:
         raise ValueError(f"num_heads must be a positive int, got {num_heads!r}")
-    h = torch.arange(num_heads, dtype=torch.float64, device=device)
-    return torch.log1p(-torch.pow(2.0, DECAY_BASE_EXP - h))
+    h = torch.arange(num_heads, dtype=torch.float64)
+    # on the CPU, then moved: log1p is not correctly rounded on every device (see module doc)
+    return torch.log1p(-torch.pow(2.0, DECAY_BASE_EXP - h)).to(device)
+
+
+def decay_key(g_gamma: torch.Tensor) -> tuple[float, ...]:
+    """The float64 values of ``g_gamma`` as a hashable tuple: the key of every decay-table
+    cache. (A CUDA ``g_gamma`` is copied to the host, which waits for the GPU: pass a CPU one
+    to a launcher that is called often.)
+
+    Example:
+        >>> decay_key(torch.tensor([-0.5, -0.25]))
+        (-0.5, -0.25)
+    """
+    return tuple(g_gamma.detach().to("cpu", torch.float64).tolist())
 
 
 def resolve_g_gamma(g_gamma, num_heads: int, device=None) -> torch.Tensor:

@@ -27,7 +27,7 @@ import torch
 
 from retquant.backends import cpu_extension
 from retquant.constants import CHUNK_SIZE
-from retquant.decay import chunk_decay_tables, step_gamma
+from retquant.decay import chunk_decay_tables, decay_key, step_gamma
 from retquant.validate import check_quant_inputs, nonfinite_error, range_error
 
 # Decay tables per distinct (g_gamma, chunk size), least recently used first. Bounded: a model
@@ -63,7 +63,7 @@ def decay_tables(g_gamma: torch.Tensor, lengths, chunk_size: int = CHUNK_SIZE) -
     filled for L = chunk_size and every length in ``lengths``. Cached per ``g_gamma`` (the
     :data:`TABLE_CACHE_SIZE` most recently used ones)."""
     g = g_gamma.detach().to("cpu", torch.float64)
-    key = (tuple(g.tolist()), chunk_size)
+    key = (decay_key(g), chunk_size)
     entry = _TABLE_CACHE.get(key)
     if entry is not None:
         _TABLE_CACHE.move_to_end(key)
