@@ -90,12 +90,25 @@ def _source_dir() -> str:
     return str(resources.files("retquant._csrc"))
 
 
+def _loaded_libstdcxx() -> str | None:
+    """Path of the shared libstdc++ this process has loaded (torch needs it), or None."""
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                path = line.split()[-1] if "/" in line else ""
+                if os.path.basename(path).startswith("libstdc++.so"):
+                    return path
+    except OSError:
+        pass
+    return None
+
+
 def _ldflags(cxx: str) -> list[str]:
-    """Link flags. A toolchain whose shared ``libstdc++.so`` link is missing (seen on an Ubuntu
-    24.04 GPU image: GCC 13 with only ``libstdc++.a`` beside it) silently links a private static
-    copy of the C++ library into the extension; its locale facets then clash with the process's
-    copy and formatting a number in an error message segfaults. Name the shared runtime library
-    explicitly there."""
+    """Link flags. A compiler with no shared ``libstdc++.so`` beside it (seen on a GPU image:
+    ``CXX=/opt/gcc/bin/g++``) silently links a private static copy of the C++ library into the
+    extension; its locale facets then clash with the process's copy and formatting a number in
+    an error message segfaults. There, link the libstdc++ this process already runs (so the
+    extension uses the same one), or name ``libstdc++.so.6`` for the linker to find."""
     flags = ["-fopenmp"]
     if platform.system() == "Linux":
         try:
@@ -104,8 +117,9 @@ def _ldflags(cxx: str) -> list[str]:
             ).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             found = ""
-        if found and not os.path.exists(found):  # GCC prints the bare name, or a dangling link
-            flags.insert(0, "-l:libstdc++.so.6")
+        # GCC prints the bare name when it has no such file, else its path (maybe a dangling link)
+        if found and not (os.path.isabs(found) and os.path.exists(found)):
+            flags.insert(0, _loaded_libstdcxx() or "-l:libstdc++.so.6")
     return flags
 
 
