@@ -7,17 +7,18 @@
 # Stages: env (GPU, driver, CPU flags, versions), all-tests (the whole suite), triton-tests (the Triton tests on CUDA tensors,
 # no interpreter: bit-exact against the integer spec), bench-gpu (python -m bench.gpu, JSON
 # too), cpu-tests (the C++ kernel tests on this machine's CPU, every ISA it has), bench-cpu
-# (python -m bench.cpu --threads 2 with each ISA the CPU has). fla, when wanted, travels as
-# wheels in .whl/ (see the device notes); they are installed to /tmp/site.
+# (python -m bench.cpu --threads 2 with each ISA the CPU has). fla, when wanted and the machine
+# has no package index, comes as wheels in .whl/ (`pip download --no-deps -d .whl fla-core
+# flash-linear-attention` on a machine that has one); they are installed to /tmp/site.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-gpu_out}
+OUT=${OUT:-/tmp/retquant_gpu_out}
 mkdir -p "$OUT"
 PY=${PYTHON:-python3}
 
 stage_env() {
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
-    lscpu | grep -E 'Model name|^CPU\(s\)|Flags' | sed 's/Flags:.*\(avx512[a-z_0-9 ]*\).*/AVX-512 flags: &/' | cut -c1-400
+    lscpu | grep -E 'Model name|^CPU\(s\)'
     grep -o 'avx512_vnni\|avx512_bf16\|avx512f\|avx2\|amx_int8' /proc/cpuinfo | sort -u | tr '\n' ' '
     echo
     $PY -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"
@@ -33,8 +34,9 @@ install() {
 }
 
 stage_triton_tests() {
+    # the spec tests too: on CUDA tensors they check that the spec itself does not change with the device
     $PY -m pytest -p no:cacheprovider tests/test_triton_backend.py tests/test_triton_compile.py \
-        tests/test_bench_gpu.py -ra
+        tests/test_bench_gpu.py tests/test_quant_primitives.py tests/test_int_chunk_spec.py -ra
 }
 
 stage_bench_gpu() {

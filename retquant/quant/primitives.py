@@ -11,9 +11,11 @@ that performs the same operations gets the same integer codes bit for bit.
     x_hat  = (code - zero) * scale
 
 An all-zero group gets scale 1 (its codes are 0), so no division by zero can occur. Every
-division takes a tensor divisor: PyTorch's CUDA kernels replace ``x / number`` by ``x * (1 /
-number)``, which is not the correctly rounded quotient (it differs in the last bit for some
-``x``), so the specification would change with the device.
+division takes a divisor tensor on the dividend's device: PyTorch's CUDA kernels replace
+``x / number`` (a Python number or a CPU scalar tensor) by ``x * (1 / number)``, which is not
+the correctly rounded quotient (it differs in the last bit for some ``x``), so the
+specification would change with the device. (``smooth_k``'s float32 channel means are sums in a
+device-dependent order; that option is not bit-identical across devices.)
 """
 
 from __future__ import annotations
