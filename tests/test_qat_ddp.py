@@ -30,5 +30,5 @@ def test_ddp_qat_two_ranks(method):
         first = "\n--- first attempt ---\n" + out
         r = _run(method)
         out = r.stdout + r.stderr
-    assert r.returncode == 0, (out + first)[-8000:]
-    assert out.count("in sync") == 2, (out + first)[-8000:]  # the attempt that passed
+    assert r.returncode == 0, out[-5000:] + first[-3000:]
+    assert out.count("in sync") == 2, out[-5000:] + first[-3000:]  # the attempt that passed
