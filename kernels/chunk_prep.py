@@ -11,29 +11,29 @@ import torch
 
 from retquant.decay import ChunkDecay, chunk_decay_tables, decay_key
 
-# Launch tables kept per (decay, sequence lengths, chunk size, device). An entry holds H C^2
-# floats of mask (128 KiB at H=8, C=64) plus N H C of last-chunk factors; varlen batches with a
-# new packing each call miss and cycle through the entries.
+# Launch constants kept per (sequence lengths, chunk size, device): N + 1 + NC int32 each; and
+# per (decay, chunk size, device): about 2 H C^2 floats (256 KiB at H=8, C=64).
 SEQUENCE_TABLE_CACHE_SIZE = 32
+DECAY_TABLE_CACHE_SIZE = 16
 
 
 @dataclass(frozen=True)
 class SequenceTables:
-    """What a launch needs that depends only on the decay, the sequence lengths and the device
-    (cached, on the device): ``cu`` [N+1] token offsets, ``choff`` [N] first global chunk of
-    each sequence, ``chunk_seq`` [NC] sequence of each global chunk; ``full`` the decay tables
-    of a full chunk (``fused`` its per-head flag as int32) and ``kdec_last`` [N, H, C] /
-    ``chunk_last`` [N, H] those of each sequence's last chunk (taken from
-    :func:`chunk_decay_tables` at that chunk's length, exactly as the spec does); ``dummy`` a
-    one-float buffer for pointer arguments a launch does not use."""
+    """What a launch needs beside its inputs, on the device: ``cu`` [N+1] token offsets,
+    ``choff`` [N] first global chunk of each sequence, ``chunk_seq`` [NC] sequence of each global
+    chunk (cached per lengths); ``full`` the decay tables of a full chunk with ``fused`` its
+    per-head flag as int32, and ``kdec`` [H, C+1, C] / ``chunk`` [H, C+1] the state-update factors
+    of a chunk of every length L = 1..C (row L: :func:`chunk_decay_tables` at length L, exactly
+    as the spec takes them; cached per decay); ``dummy`` a one-float buffer for pointer
+    arguments a launch does not use."""
 
     cu: torch.Tensor
     choff: torch.Tensor
     chunk_seq: torch.Tensor
     full: ChunkDecay
     fused: torch.Tensor
-    kdec_last: torch.Tensor
-    chunk_last: torch.Tensor
+    kdec: torch.Tensor
+    chunk: torch.Tensor
     dummy: torch.Tensor
 
 
@@ -82,35 +82,46 @@ def sequence_lengths(q, k, v, cu_seqlens) -> list[int]:
 
 
 @functools.lru_cache(maxsize=SEQUENCE_TABLE_CACHE_SIZE)
-def _sequence_tables(g: tuple, lengths: tuple, c: int, device: torch.device) -> SequenceTables:
-    """Built on the CPU (the decay tables are CPU numbers anyway, see :mod:`retquant.decay`)
-    and moved once; cached because on a GPU these dozens of tiny tensors cost more host time
-    than the kernels themselves at moderate T."""
-    gg = torch.tensor(g, dtype=torch.float64)
+def _offsets(lengths: tuple, c: int, device: torch.device) -> tuple:
+    """``(cu, choff, chunk_seq)`` int32 on ``device`` for these sequence lengths, and a dummy
+    one-float buffer there."""
     nchunks = [-(-n // c) for n in lengths]
     i32 = {"dtype": torch.int32, "device": device}
-    by_len = {}
-    kdec_last, chunk_last = [], []
-    for n, nch in zip(lengths, nchunks):
-        last = n - (nch - 1) * c
-        if last not in by_len:
-            t = chunk_decay_tables(gg, last, c)
-            kd = torch.zeros(gg.numel(), c, dtype=torch.float32)
-            kd[:, :last] = t.kdec
-            by_len[last] = (kd, t.chunk)
-        kdec_last.append(by_len[last][0])
-        chunk_last.append(by_len[last][1])
-    full = chunk_decay_tables(gg, c, c)
-    return SequenceTables(
-        cu=torch.tensor([0, *lengths], dtype=torch.int64).cumsum(0).to(**i32),
-        choff=torch.tensor([0, *nchunks[:-1]], dtype=torch.int64).cumsum(0).to(**i32),
-        chunk_seq=torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(nchunks)).to(**i32),
-        full=ChunkDecay(**{f.name: getattr(full, f.name).to(device) for f in dataclasses.fields(full)}),
-        fused=full.fused.to(**i32),
-        kdec_last=torch.stack(kdec_last).to(device),
-        chunk_last=torch.stack(chunk_last).to(device),
-        dummy=torch.empty(1, dtype=torch.float32, device=device),
+    return (
+        torch.tensor([0, *lengths], dtype=torch.int64).cumsum(0).to(**i32),
+        torch.tensor([0, *nchunks[:-1]], dtype=torch.int64).cumsum(0).to(**i32),
+        torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(nchunks)).to(**i32),
+        torch.empty(1, dtype=torch.float32, device=device),
     )
+
+
+@functools.lru_cache(maxsize=DECAY_TABLE_CACHE_SIZE)
+def _decay(g: tuple, c: int, device: torch.device) -> tuple:
+    """``(full, fused, kdec, chunk)`` on ``device`` for one decay: built on the CPU (the decay
+    tables are CPU numbers, see :mod:`retquant.decay`) for every chunk length, so a new packing
+    of varlen sequences needs no new table."""
+    gg = torch.tensor(g, dtype=torch.float64)
+    kdec = torch.zeros(len(g), c + 1, c, dtype=torch.float32)
+    chunk = torch.zeros(len(g), c + 1, dtype=torch.float32)
+    for length in range(1, c + 1):
+        t = chunk_decay_tables(gg, length, c)
+        kdec[:, length, :length] = t.kdec
+        chunk[:, length] = t.chunk
+    full = chunk_decay_tables(gg, c, c)
+    return (
+        ChunkDecay(**{f.name: getattr(full, f.name).to(device) for f in dataclasses.fields(full)}),
+        full.fused.to(dtype=torch.int32, device=device),
+        kdec.to(device),
+        chunk.to(device),
+    )
+
+
+def launch_tables(g_gamma: torch.Tensor, lengths: list[int], c: int, device: torch.device) -> SequenceTables:
+    """The :class:`SequenceTables` of one call, from the two caches (host work per call: the
+    cache keys)."""
+    cu, choff, chunk_seq, dummy = _offsets(tuple(lengths), c, device)
+    full, fused, kdec, chunk = _decay(decay_key(g_gamma), c, device)
+    return SequenceTables(cu, choff, chunk_seq, full, fused, kdec, chunk, dummy)
 
 
 def prepare_chunk_launch(
@@ -136,7 +147,6 @@ def prepare_chunk_launch(
     c = chunk_size
     i32 = {"dtype": torch.int32, "device": dev}
     nc = sum(-(-n // c) for n in lengths)
-    g = decay_key(g_gamma)
     if out is None:
         out = torch.empty(B, T, H, V, dtype=q.dtype, device=dev)
     if output_final_state and final_out is None:
@@ -160,7 +170,7 @@ def prepare_chunk_launch(
         NC=nc,
         C=c,
         scale=float(torch.tensor(scale, dtype=torch.float32)),
-        tables=_sequence_tables(g, tuple(lengths), c, dev),
+        tables=launch_tables(g_gamma, lengths, c, dev),
         h0=None if initial_state is None else initial_state.to(torch.float32).contiguous(),
         out=out,
         final=final_out if output_final_state else None,

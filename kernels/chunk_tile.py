@@ -50,26 +50,19 @@ def decayed_state_update(
     k,
     v_i8,
     s_v,
-    is_last,
+    L,
     kdec_ptr,
     chunk_ptr,
-    kdec_last_ptr,
-    chunk_last_ptr,
-    i_n,
     i_h,
-    H,
     r,
     C: tl.constexpr,
 ):
     """``S * gamma**L + (K~_int^T V_int) * s_k~ * s_v`` with ``K~ = K * gamma**(L-1-j)`` quantized
-    per channel (the decay runs along the reduced axis, so it is applied before quantizing); the
-    sequence's short last chunk uses its own tables. Returns ``(S, acc_kv)``."""
-    if is_last:
-        kdec = tl.load(kdec_last_ptr + (i_n * H + i_h) * C + r)
-        cdec = tl.load(chunk_last_ptr + i_n * H + i_h)
-    else:
-        kdec = tl.load(kdec_ptr + i_h * C + r)
-        cdec = tl.load(chunk_ptr + i_h)
+    per channel (the decay runs along the reduced axis, so it is applied before quantizing) for
+    a chunk of ``L`` tokens: the tables are indexed by length (``kdec [H, C+1, C]``, ``chunk
+    [H, C+1]``), so a sequence's short last chunk reads its own row. Returns ``(S, acc_kv)``."""
+    kdec = tl.load(kdec_ptr + (i_h * (C + 1) + L) * C + r)
+    cdec = tl.load(chunk_ptr + i_h * (C + 1) + L)
     kd_i8, s_kd = quant_cols(k * kdec[:, None])
     acc_kv = tl.dot(tl.trans(kd_i8), v_i8, out_dtype=tl.int32)
     d_s = (acc_kv.to(tl.float32) * s_kd[:, None]) * s_v[None, :]
