@@ -47,7 +47,10 @@ static inline void block_store(float* p, int left, __m256 x) {
 template <int NV, bool kFull, bool kCheck>
 static inline __m256 update_block(const float* src, float* S, int K, int V, int v0, float g,
                                   const int32_t* ki, const float* vf, float skv, float* amax) {
-  __m256 am[NV], vfv[NV], bad = _mm256_setzero_ps();
+  __m256 am[NV], vfv[NV];
+  // The largest |old| seen, as bits (a float's bits order like its magnitude, inf and NaN above
+  // every finite one): one integer max per vector instead of a compare and an or.
+  __m256i old_bits = _mm256_setzero_si256();
   for (int j = 0; j < NV; ++j) {
     am[j] = _mm256_setzero_ps();
     vfv[j] = _mm256_loadu_ps(vf + v0 + 8 * j);
@@ -65,7 +68,7 @@ static inline __m256 update_block(const float* src, float* S, int K, int V, int 
         _mm_prefetch(reinterpret_cast<const char*>(old_row + kAhead * V + 8 * j), _MM_HINT_T0);
     for (int j = 0; j < NV; ++j) {
       const __m256 old = src != nullptr ? block_load<kFull>(old_row + 8 * j, left - 8 * j) : _mm256_setzero_ps();
-      if (kCheck) bad = _mm256_or_ps(bad, at_least8(abs8(old), kMaxStateAbs));  // inf/NaN or out of range
+      if (kCheck) old_bits = _mm256_max_epu32(old_bits, _mm256_castps_si256(abs8(old)));
       const __m256 upd = _mm256_mul_ps(_mm256_mul_ps(kc, vfv[j]), vskv);
       const __m256 sn = _mm256_add_ps(_mm256_mul_ps(old, vg), upd);
       block_store<kFull>(row + 8 * j, left - 8 * j, sn);
@@ -73,7 +76,9 @@ static inline __m256 update_block(const float* src, float* S, int K, int V, int 
     }
   }
   for (int j = 0; j < NV; ++j) _mm256_storeu_ps(amax + v0 + 8 * j, am[j]);
-  return bad;
+  // lanes where some |old| >= kMaxStateAbs, inf or NaN (bits of |x| are below 2^31: signed compare)
+  return _mm256_castsi256_ps(
+      _mm256_cmpgt_epi32(old_bits, _mm256_set1_epi32(static_cast<int>(kStateLimitBits) - 1)));
 }
 
 // Rows of q . S summed in float32 before each flush to the int32 accumulators: the products of
