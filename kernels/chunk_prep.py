@@ -3,34 +3,37 @@ chunk offsets (dense or varlen), the decay tables, and the output/trace buffers.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
 
-from retquant.decay import ChunkDecay, chunk_decay_tables, decay_key
+from retquant.decay import KERNEL_TABLE_CACHE_SIZE, decay_key, kernel_decay_tables
 
-# Launch constants kept per (sequence lengths, chunk size, device): N + 1 + NC int32 each; and
-# per (decay, chunk size, device): about 2 H C^2 floats (256 KiB at H=8, C=64).
+# Launch constants kept per (sequence lengths, chunk size, device): N + 1 + NC int32 each.
 SEQUENCE_TABLE_CACHE_SIZE = 32
-DECAY_TABLE_CACHE_SIZE = 16
+# Device copies of the decay tables per (decay, chunk size, device), as many as the CPU tables.
+_DEVICE_DECAY: OrderedDict[tuple, tuple] = OrderedDict()
 
 
 @dataclass(frozen=True)
 class SequenceTables:
     """What a launch needs beside its inputs, on the device: ``cu`` [N+1] token offsets,
     ``choff`` [N] first global chunk of each sequence, ``chunk_seq`` [NC] sequence of each global
-    chunk (cached per lengths); ``full`` the decay tables of a full chunk with ``fused`` its
-    per-head flag as int32, and ``kdec`` [H, C+1, C] / ``chunk`` [H, C+1] the state-update factors
-    of a chunk of every length L = 1..C (row L: :func:`chunk_decay_tables` at length L, exactly
-    as the spec takes them; cached per decay); ``dummy`` a one-float buffer for pointer
+    chunk (cached per lengths); the decay tables of
+    :func:`retquant.decay.kernel_decay_tables` (``row``, ``col``, ``mask``, ``inter`` of a full
+    chunk, ``fused`` as int32, and ``kdec`` [H, C+1, C] / ``chunk`` [H, C+1] indexed by chunk
+    length, the rows of this call's lengths filled); ``dummy`` a one-float buffer for pointer
     arguments a launch does not use."""
 
     cu: torch.Tensor
     choff: torch.Tensor
     chunk_seq: torch.Tensor
-    full: ChunkDecay
+    row: torch.Tensor
+    col: torch.Tensor
+    mask: torch.Tensor
+    inter: torch.Tensor
     fused: torch.Tensor
     kdec: torch.Tensor
     chunk: torch.Tensor
@@ -95,33 +98,30 @@ def _offsets(lengths: tuple, c: int, device: torch.device) -> tuple:
     )
 
 
-@functools.lru_cache(maxsize=DECAY_TABLE_CACHE_SIZE)
-def _decay(g: tuple, c: int, device: torch.device) -> tuple:
-    """``(full, fused, kdec, chunk)`` on ``device`` for one decay: built on the CPU (the decay
-    tables are CPU numbers, see :mod:`retquant.decay`) for every chunk length, so a new packing
-    of varlen sequences needs no new table."""
-    gg = torch.tensor(g, dtype=torch.float64)
-    kdec = torch.zeros(len(g), c + 1, c, dtype=torch.float32)
-    chunk = torch.zeros(len(g), c + 1, dtype=torch.float32)
-    for length in range(1, c + 1):
-        t = chunk_decay_tables(gg, length, c)
-        kdec[:, length, :length] = t.kdec
-        chunk[:, length] = t.chunk
-    full = chunk_decay_tables(gg, c, c)
-    return (
-        ChunkDecay(**{f.name: getattr(full, f.name).to(device) for f in dataclasses.fields(full)}),
-        full.fused.to(dtype=torch.int32, device=device),
-        kdec.to(device),
-        chunk.to(device),
-    )
+def _decay(g_gamma: torch.Tensor, lengths: list[int], c: int, device: torch.device) -> tuple:
+    """Device copies of :func:`kernel_decay_tables` (computed on the CPU: the spec's numbers),
+    made again only when the call needs a chunk length the copy does not hold yet."""
+    lasts = {n - (-(-n // c) - 1) * c for n in lengths}
+    t = kernel_decay_tables(g_gamma, lasts, c)
+    key = (decay_key(g_gamma), c, device)
+    hit = _DEVICE_DECAY.get(key)
+    if hit is None or not lasts <= hit[0]:  # the copy lacks a length this call needs
+        names = ("row", "col", "mask", "inter", "kdec", "chunk")
+        copies = [t[n].to(device) for n in names] + [t["fused"].to(dtype=torch.int32, device=device)]
+        hit = (frozenset(t["filled"]), copies)
+        _DEVICE_DECAY[key] = hit
+        while len(_DEVICE_DECAY) > KERNEL_TABLE_CACHE_SIZE:
+            _DEVICE_DECAY.popitem(last=False)
+    _DEVICE_DECAY.move_to_end(key)
+    return tuple(hit[1])
 
 
 def launch_tables(g_gamma: torch.Tensor, lengths: list[int], c: int, device: torch.device) -> SequenceTables:
     """The :class:`SequenceTables` of one call, from the two caches (host work per call: the
     cache keys)."""
     cu, choff, chunk_seq, dummy = _offsets(tuple(lengths), c, device)
-    full, fused, kdec, chunk = _decay(decay_key(g_gamma), c, device)
-    return SequenceTables(cu, choff, chunk_seq, full, fused, kdec, chunk, dummy)
+    row, col, mask, inter, kdec, chunk, fused = _decay(g_gamma, lengths, c, device)
+    return SequenceTables(cu, choff, chunk_seq, row, col, mask, inter, fused, kdec, chunk, dummy)
 
 
 def prepare_chunk_launch(

@@ -11,11 +11,12 @@ would make the integer specification depend on the device.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
 
-from retquant.constants import DECAY_BASE_EXP, FUSED_DECAY_MAX_LOG2
+from retquant.constants import CHUNK_SIZE, DECAY_BASE_EXP, FUSED_DECAY_MAX_LOG2
 
 
 def default_g_gamma(num_heads: int, device=None) -> torch.Tensor:
@@ -131,3 +132,54 @@ def step_gamma(g_gamma: torch.Tensor) -> torch.Tensor:
         tensor([0.6065])
     """
     return torch.exp(g_gamma.detach().to("cpu", torch.float64)).float().to(g_gamma.device)
+
+
+# Kernel decay tables per distinct (g_gamma, chunk size), least recently used first. Bounded: a
+# model with learned decays passes a new g_gamma at every call, and each entry holds ~0.35 MB
+# (H=8). The CPU kernels read them as they are; the Triton launchers keep device copies.
+KERNEL_TABLE_CACHE_SIZE = 16
+_KERNEL_TABLES: OrderedDict[tuple, dict] = OrderedDict()
+
+
+def kernel_decay_tables(g_gamma: torch.Tensor, lengths, chunk_size: int = CHUNK_SIZE) -> dict:
+    """The chunk kernels' float32 CPU tables for one decay: ``row``, ``col``, ``mask``,
+    ``inter``, ``fused`` (uint8) of a full chunk, ``gamma`` (:func:`step_gamma`), and ``kdec``
+    ``[H, C+1, C]`` / ``chunk`` ``[H, C+1]`` indexed by chunk length L, row L taken from
+    :func:`chunk_decay_tables` at length L (so a kernel reads exactly the spec's numbers) and
+    filled for L = ``chunk_size`` and every length in ``lengths`` (``filled`` says which). Cached
+    (the :data:`KERNEL_TABLE_CACHE_SIZE` most recently used decays); shared: read, never write.
+
+    Example:
+        >>> t = kernel_decay_tables(default_g_gamma(2), {5})
+        >>> t["kdec"].shape, sorted(t["filled"])
+        (torch.Size([2, 65, 64]), [5, 64])
+    """
+    g = g_gamma.detach().to("cpu", torch.float64)
+    key = (decay_key(g), chunk_size)
+    entry = _KERNEL_TABLES.get(key)
+    if entry is not None:
+        _KERNEL_TABLES.move_to_end(key)
+    else:
+        full = chunk_decay_tables(g, chunk_size, chunk_size)
+        H, C = g.numel(), chunk_size
+        entry = {
+            "row": full.row.contiguous(),
+            "col": full.col.contiguous(),
+            "mask": full.mask.contiguous(),
+            "inter": full.inter.contiguous(),
+            "fused": full.fused.to(torch.uint8).contiguous(),
+            "gamma": step_gamma(g).contiguous(),  # per head, for the decode kernels
+            "kdec": torch.zeros(H, C + 1, C),
+            "chunk": torch.zeros(H, C + 1),
+            "filled": set(),
+        }
+        _KERNEL_TABLES[key] = entry
+        while len(_KERNEL_TABLES) > KERNEL_TABLE_CACHE_SIZE:
+            _KERNEL_TABLES.popitem(last=False)
+    for L in {chunk_size, *lengths}:
+        if L not in entry["filled"]:
+            t = chunk_decay_tables(g, L, chunk_size)
+            entry["kdec"][:, L, :L] = t.kdec
+            entry["chunk"][:, L] = t.chunk
+            entry["filled"].add(L)
+    return entry

@@ -5,7 +5,7 @@
 float32)``, accumulating in float32 (``csrc/float_chunk_body.h``). float32 and bfloat16 are read
 and written as they are (bfloat16 ``o`` rounded to nearest even like ``.to(torch.bfloat16)``);
 float16 is computed in float32 and ``o`` converted back. The decay factors are the tables of
-:func:`retquant.backends.cpu_ops.decay_tables` (from :mod:`retquant.decay`), the numbers every
+:func:`retquant.decay.kernel_decay_tables`, the numbers every
 other path multiplies by. inf/NaN inputs are not checked here: they propagate as in the float64
 specification. ``torch.ops.retquant.cpu_chunk_float`` is the same function as a custom op with a
 fake implementation, for ``torch.compile``.
@@ -27,6 +27,7 @@ from __future__ import annotations
 import torch
 
 from retquant.backends import cpu_extension, cpu_ops
+from retquant.decay import kernel_decay_tables
 from retquant.validate import RetentionCall
 
 ISA_NAMES = ("portable", "avx2", "avx512")  # kFloatIsa* of csrc/float_chunk.h, by code
@@ -85,7 +86,7 @@ def supported(call: RetentionCall) -> str | None:
 
 
 def _tables(g_gamma: torch.Tensor, offsets: torch.Tensor):
-    t = cpu_ops.decay_tables(g_gamma, cpu_ops.last_chunk_lengths(offsets))
+    t = kernel_decay_tables(g_gamma, cpu_ops.last_chunk_lengths(offsets))
     return t["mask"], t["inter"], t["kdec"], t["chunk"]
 
 

@@ -21,19 +21,13 @@ Example:
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import torch
 
 from retquant.backends import cpu_extension
 from retquant.constants import CHUNK_SIZE
-from retquant.decay import chunk_decay_tables, decay_key, step_gamma
+from retquant.decay import kernel_decay_tables
 from retquant.validate import check_quant_inputs, nonfinite_error, range_error
 
-# Decay tables per distinct (g_gamma, chunk size), least recently used first. Bounded: a model
-# with learned decays passes a new g_gamma at every call, and each entry holds ~0.35 MB (H=8).
-TABLE_CACHE_SIZE = 16
-_TABLE_CACHE: OrderedDict[tuple, dict] = OrderedDict()
 # csrc/chunk_retention.h: per input, the non-finite flag and the out-of-range flag
 _STATUS_BITS = ((1, 16, "q"), (2, 32, "k"), (4, 64, "v"), (8, 128, "initial_state"))
 
@@ -57,42 +51,6 @@ def raise_recurrent_status(status: int, initial_state: torch.Tensor | None) -> N
     raise_nonfinite(status)
 
 
-def decay_tables(g_gamma: torch.Tensor, lengths, chunk_size: int = CHUNK_SIZE) -> dict:
-    """The kernel's decay tables (row, col, mask, inter, kdec, chunk, fused; gamma) from
-    :func:`retquant.decay.chunk_decay_tables`: kdec/chunk are indexed by chunk length L and
-    filled for L = chunk_size and every length in ``lengths``. Cached per ``g_gamma`` (the
-    :data:`TABLE_CACHE_SIZE` most recently used ones)."""
-    g = g_gamma.detach().to("cpu", torch.float64)
-    key = (decay_key(g), chunk_size)
-    entry = _TABLE_CACHE.get(key)
-    if entry is not None:
-        _TABLE_CACHE.move_to_end(key)
-    else:
-        full = chunk_decay_tables(g, chunk_size, chunk_size)
-        H, C = g.numel(), chunk_size
-        entry = {
-            "row": full.row.contiguous(),
-            "col": full.col.contiguous(),
-            "mask": full.mask.contiguous(),
-            "inter": full.inter.contiguous(),
-            "fused": full.fused.to(torch.uint8).contiguous(),
-            "gamma": step_gamma(g).contiguous(),  # per head, for the decode kernel
-            "kdec": torch.zeros(H, C + 1, C),
-            "chunk": torch.zeros(H, C + 1),
-            "filled": set(),
-        }
-        _TABLE_CACHE[key] = entry
-        while len(_TABLE_CACHE) > TABLE_CACHE_SIZE:
-            _TABLE_CACHE.popitem(last=False)
-    for L in {chunk_size, *lengths}:
-        if L not in entry["filled"]:
-            t = chunk_decay_tables(g, L, chunk_size)
-            entry["kdec"][:, L, :L] = t.kdec
-            entry["chunk"][:, L] = t.chunk
-            entry["filled"].add(L)
-    return entry
-
-
 def last_chunk_lengths(offsets: torch.Tensor, chunk_size: int = CHUNK_SIZE) -> set[int]:
     lens = (offsets[1:] - offsets[:-1]).tolist()
     return {(n - 1) % chunk_size + 1 for n in lens}
@@ -101,7 +59,7 @@ def last_chunk_lengths(offsets: torch.Tensor, chunk_size: int = CHUNK_SIZE) -> s
 def chunk_args(q, k, v, offsets, scale, g_gamma, initial_state, isa: int) -> tuple:
     """Arguments of ``retquant::chunk_fwd`` / ``chunk_fwd_debug`` up to ``isa`` (an ISA code,
     :func:`retquant.backends.cpu_extension.isa_code`)."""
-    t = decay_tables(g_gamma, last_chunk_lengths(offsets))
+    t = kernel_decay_tables(g_gamma, last_chunk_lengths(offsets))
     tables = (t["row"], t["col"], t["mask"], t["inter"], t["kdec"], t["chunk"], t["fused"])
     return (q, k, v, offsets, scale, *tables, initial_state, isa)
 
@@ -183,7 +141,7 @@ def recurrent_int8(
     out_shape, state_shape = output_shapes(q, v, offsets)
     out = torch.empty(out_shape, dtype=torch.float32)
     final = ops.empty_cached(list(state_shape), torch.float32)
-    gamma = decay_tables(g_gamma, ())["gamma"]
+    gamma = kernel_decay_tables(g_gamma, ())["gamma"]
     status = ops.recurrent_fwd(
         q, k, v, offsets, scale, gamma, initial_state, out, final, cpu_extension.isa_code()
     )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from retquant.backends import cpu, cpu_extension, cpu_ops, select_impl
+from retquant.decay import step_gamma
 from retquant.ops.retention.fused_recurrent import fused_recurrent_retention
 from retquant.validate import check_quant_inputs, validate_call
 
@@ -73,7 +74,7 @@ class RetentionDecoder:
             self._ops = cpu_extension.ops()
             self._isa = cpu_extension.isa_code()  # RETQUANT_CPU_ISA as at construction
             self._offsets = torch.arange(B + 1, dtype=torch.int64)
-            self._gamma = cpu_ops.decay_tables(self.g_gamma, ())["gamma"]
+            self._gamma = step_gamma(self.g_gamma).contiguous()
 
     def reset(self, initial_state: torch.Tensor | None = None) -> None:
         """Zero the state, or copy ``initial_state`` ``[B, H, K, V]`` into it."""
