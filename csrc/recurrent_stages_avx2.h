@@ -1,7 +1,8 @@
 // The per-token stages of the decode kernel with AVX2 intrinsics: the float32 operations of
 // recurrent_stages_portable.h in the same order, 8 lanes at a time. The K x V state is walked
 // in blocks of kBlock vectors of columns so that the column amax and the q . S accumulators stay
-// in registers; the finiteness probe is an or of lane compares (no serial add chain).
+// in registers; the check of the state read in is an integer max of the bits of |x| (no serial
+// add chain, no compare per vector).
 
 #include "quant_avx2.h"
 
@@ -43,7 +44,7 @@ static inline void block_store(float* p, int left, __m256 x) {
 }
 
 // Columns [v0, v0 + 8 NV) of the state update (lanes past V stay 0); returns the lanes where
-// src held inf or NaN (checked only when src is the caller's initial state).
+// src held inf, NaN or |x| >= 2^100 (checked only when src is the caller's initial state).
 template <int NV, bool kFull, bool kCheck>
 static inline __m256 update_block(const float* src, float* S, int K, int V, int v0, float g,
                                   const int32_t* ki, const float* vf, float skv, float* amax) {

@@ -9,11 +9,13 @@ from dataclasses import dataclass
 
 import torch
 
-from retquant.decay import KERNEL_TABLE_CACHE_SIZE, decay_key, kernel_decay_tables
+from retquant.decay import decay_key, kernel_decay_tables
 
 # Launch constants kept per (sequence lengths, chunk size, device): N + 1 + NC int32 each.
 SEQUENCE_TABLE_CACHE_SIZE = 32
-# Device copies of the decay tables per (decay, chunk size, device), as many as the CPU tables.
+# Device copies of the decay tables per (decay, chunk size, device), ~0.3 MB each at H=8: more
+# than the CPU tables keep, so a model with many fixed per-layer decays hits here every call.
+DEVICE_DECAY_CACHE_SIZE = 32
 _DEVICE_DECAY: OrderedDict[tuple, tuple] = OrderedDict()
 
 
@@ -100,25 +102,28 @@ def _offsets(lengths: tuple, c: int, device: torch.device) -> tuple:
 
 def _decay(g_gamma: torch.Tensor, lengths: list[int], c: int, device: torch.device) -> tuple:
     """Device copies of :func:`kernel_decay_tables` (computed on the CPU: the spec's numbers),
-    made again only when the call needs a chunk length the copy does not hold yet."""
+    made again only when the call needs a chunk length the copy does not hold yet. Always real
+    copies (on a CPU device too), so a cached copy never changes under a launch."""
     lasts = {n - (-(-n // c) - 1) * c for n in lengths}
-    t = kernel_decay_tables(g_gamma, lasts, c)
-    key = (decay_key(g_gamma), c, device)
+    g = g_gamma.detach().to("cpu", torch.float64)  # one device-to-host copy for a CUDA g_gamma
+    key = (decay_key(g), c, device)
     hit = _DEVICE_DECAY.get(key)
     if hit is None or not lasts <= hit[0]:  # the copy lacks a length this call needs
+        t = kernel_decay_tables(g, lasts, c)
+        filled = frozenset(t["filled"])  # read before copying: rows only ever get added
         names = ("row", "col", "mask", "inter", "kdec", "chunk")
-        copies = [t[n].to(device) for n in names] + [t["fused"].to(dtype=torch.int32, device=device)]
-        hit = (frozenset(t["filled"]), copies)
+        copies = [t[n].to(device, copy=True) for n in names]
+        hit = (filled, [*copies, t["fused"].to(device=device, dtype=torch.int32, copy=True)])
         _DEVICE_DECAY[key] = hit
-        while len(_DEVICE_DECAY) > KERNEL_TABLE_CACHE_SIZE:
+        while len(_DEVICE_DECAY) > DEVICE_DECAY_CACHE_SIZE:
             _DEVICE_DECAY.popitem(last=False)
     _DEVICE_DECAY.move_to_end(key)
     return tuple(hit[1])
 
 
 def launch_tables(g_gamma: torch.Tensor, lengths: list[int], c: int, device: torch.device) -> SequenceTables:
-    """The :class:`SequenceTables` of one call, from the two caches (host work per call: the
-    cache keys)."""
+    """The :class:`SequenceTables` of one call, from the two caches (host work per call on a
+    hit: the keys, of which the decay's copies a CUDA ``g_gamma`` to the host)."""
     cu, choff, chunk_seq, dummy = _offsets(tuple(lengths), c, device)
     row, col, mask, inter, kdec, chunk, fused = _decay(g_gamma, lengths, c, device)
     return SequenceTables(cu, choff, chunk_seq, row, col, mask, inter, fused, kdec, chunk, dummy)

@@ -65,8 +65,8 @@ def chunk_retention_fused_kernel(
     TRACE: tl.constexpr,
 ):
     """Grid ``(cdiv(V, BV), N * H)``; q/k ``[Ttot, H, K]``, v/o ``[Ttot, H, V]``, states
-    ``[N, H, K, V]`` fp32, tables ``[H, C]`` (mask ``[H, C, C]``), last-chunk tables
-    ``[N, H, C]``."""
+    ``[N, H, K, V]`` fp32, tables ``[H, C]`` (mask ``[H, C, C]``), state-update factors
+    ``kdec [H, C+1, C]`` / ``chunk [H, C+1]`` indexed by chunk length."""
     i_v = tl.program_id(0)
     i_nh = tl.program_id(1)
     i_n = i_nh // H

@@ -318,8 +318,8 @@ def test_interpreter_flag_set_after_triton_import_gives_a_reason():
 
 
 def test_launch_tables_follow_the_decay_and_lengths():
-    # the launchers cache offsets and decay tables per (decay, lengths, device): a second decay
-    # or a new length with the same shapes must not reuse the first one's tables
+    # the launchers cache offsets per lengths and decay tables per decay: a second decay or a
+    # new length with the same shapes must not reuse the first one's tables
     (q, k, v), h0 = _inputs(1, 100, 2, 32, 16, seed=11)
     for g in (default_g_gamma(2), torch.tensor([-0.2, -0.01], dtype=torch.float64), default_g_gamma(2)):
         _check_chunk_vs_spec(q, k, v, g, h0)
@@ -327,3 +327,24 @@ def test_launch_tables_follow_the_decay_and_lengths():
         o, f = recurrent_retention_fwd(q[:, :3], k[:, :3], v[:, :3], g, 0.25, h0, True)
         ro, rf = int_recurrent_retention(q[:, :3], k[:, :3], v[:, :3], g, 0.25, CFG, h0)
         assert torch.equal(o, ro) and torch.equal(f, rf)
+
+
+def test_device_table_copies_follow_new_lengths_and_evictions():
+    # kernels/chunk_prep keeps device copies of retquant.decay's CPU tables: a call needing a
+    # chunk length the copy lacks re-copies, also after the CPU entry was evicted and rebuilt
+    # with other rows (the copy's own record of its rows decides, not a count)
+    from retquant import decay
+    from retquant.kernels import chunk_prep
+
+    g = torch.tensor([-0.3, -0.07], dtype=torch.float64)
+    dev = torch.device("cpu")
+    key = (decay.decay_key(g), C, dev)
+    chunk_prep._DEVICE_DECAY.pop(key, None)
+    kdec = chunk_prep._decay(g, [70], C, dev)[4]
+    assert {6, C} <= chunk_prep._DEVICE_DECAY[key][0]
+    decay._KERNEL_TABLES.clear()  # the CPU entry goes; the device copy stays
+    kdec2 = chunk_prep._decay(g, [71], C, dev)[4]
+    assert kdec2 is not kdec and chunk_prep._DEVICE_DECAY[key][0] == {7, C}
+    want = decay.chunk_decay_tables(g, 7, C).kdec
+    assert torch.equal(kdec2[:, 7, :7], want) and not kdec2[:, 7, 7:].any()
+    assert chunk_prep._decay(g, [7], C, dev)[4] is kdec2  # a hit: no new copy

@@ -95,7 +95,8 @@ def _loaded_libstdcxx() -> str | None:
     try:
         with open("/proc/self/maps") as f:
             for line in f:
-                path = line.split()[-1] if "/" in line else ""
+                fields = line.split(maxsplit=5)  # the path, the 6th field, may hold spaces
+                path = fields[5].strip() if len(fields) == 6 else ""
                 if os.path.basename(path).startswith("libstdc++.so"):
                     return path
     except OSError:
