@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from retquant.decay import decay_key, kernel_decay_tables
+from retquant.decay import decay_key, kernel_decay_tables, last_chunk_lengths
 
 # Launch constants kept per (sequence lengths, chunk size, device): N + 1 + NC int32 each.
 SEQUENCE_TABLE_CACHE_SIZE = 32
@@ -87,16 +87,22 @@ def sequence_lengths(q, k, v, cu_seqlens) -> list[int]:
 
 
 @functools.lru_cache(maxsize=SEQUENCE_TABLE_CACHE_SIZE)
-def _offsets(lengths: tuple, c: int, device: torch.device) -> tuple:
-    """``(cu, choff, chunk_seq)`` int32 on ``device`` for these sequence lengths, and a dummy
-    one-float buffer there."""
+def token_offsets(lengths: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``cu`` [N+1] int32 token offsets of these sequence lengths on ``device``, and a one-float
+    buffer there for pointer arguments a launch does not use (the chunk and decode launchers)."""
+    cu = torch.tensor([0, *lengths], dtype=torch.int64).cumsum(0).to(device=device, dtype=torch.int32)
+    return cu, torch.empty(1, dtype=torch.float32, device=device)
+
+
+@functools.lru_cache(maxsize=SEQUENCE_TABLE_CACHE_SIZE)
+def _chunk_offsets(lengths: tuple, c: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``choff`` [N] first global chunk of each sequence, ``chunk_seq`` [NC] sequence of each
+    global chunk, int32 on ``device``."""
     nchunks = [-(-n // c) for n in lengths]
     i32 = {"dtype": torch.int32, "device": device}
     return (
-        torch.tensor([0, *lengths], dtype=torch.int64).cumsum(0).to(**i32),
         torch.tensor([0, *nchunks[:-1]], dtype=torch.int64).cumsum(0).to(**i32),
         torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(nchunks)).to(**i32),
-        torch.empty(1, dtype=torch.float32, device=device),
     )
 
 
@@ -104,7 +110,7 @@ def _decay(g_gamma: torch.Tensor, lengths: list[int], c: int, device: torch.devi
     """Device copies of :func:`kernel_decay_tables` (computed on the CPU: the spec's numbers),
     made again only when the call needs a chunk length the copy does not hold yet. Always real
     copies (on a CPU device too), so a cached copy never changes under a launch."""
-    lasts = {n - (-(-n // c) - 1) * c for n in lengths}
+    lasts = last_chunk_lengths(lengths, c)
     g = g_gamma.detach().to("cpu", torch.float64)  # one device-to-host copy for a CUDA g_gamma
     key = (decay_key(g), c, device)
     hit = _DEVICE_DECAY.get(key)
@@ -124,7 +130,8 @@ def _decay(g_gamma: torch.Tensor, lengths: list[int], c: int, device: torch.devi
 def launch_tables(g_gamma: torch.Tensor, lengths: list[int], c: int, device: torch.device) -> SequenceTables:
     """The :class:`SequenceTables` of one call, from the two caches (host work per call on a
     hit: the keys, of which the decay's copies a CUDA ``g_gamma`` to the host)."""
-    cu, choff, chunk_seq, dummy = _offsets(tuple(lengths), c, device)
+    cu, dummy = token_offsets(tuple(lengths), device)
+    choff, chunk_seq = _chunk_offsets(tuple(lengths), c, device)
     row, col, mask, inter, kdec, chunk, fused = _decay(g_gamma, lengths, c, device)
     return SequenceTables(cu, choff, chunk_seq, row, col, mask, inter, fused, kdec, chunk, dummy)
 

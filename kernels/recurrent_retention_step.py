@@ -18,7 +18,13 @@ import triton
 import triton.language as tl
 
 from retquant.decay import decay_key, step_gamma
-from retquant.kernels.chunk_prep import SEQUENCE_TABLE_CACHE_SIZE, block, check_block_v, sequence_lengths
+from retquant.kernels.chunk_prep import (
+    DEVICE_DECAY_CACHE_SIZE,
+    block,
+    check_block_v,
+    sequence_lengths,
+    token_offsets,
+)
 from retquant.kernels.quant_int8 import (
     finish_output,
     int8_codes,
@@ -103,13 +109,11 @@ def _configs():
 _tuned_kernel = triton.autotune(configs=_configs(), key=["K", "V"])(recurrent_retention_step_kernel)
 
 
-@functools.lru_cache(maxsize=SEQUENCE_TABLE_CACHE_SIZE)
-def _step_tables(g: tuple, lengths: tuple, device: torch.device):
-    """Token offsets, the spec's per-head gamma and a dummy pointer, on ``device``; cached (a
-    decode step is short enough that building these each call would dominate it on a GPU)."""
-    cu = torch.tensor([0, *lengths], dtype=torch.int64).cumsum(0).to(device=device, dtype=torch.int32)
-    gamma = step_gamma(torch.tensor(g, dtype=torch.float64)).to(device)
-    return cu, gamma, torch.empty(1, dtype=torch.float32, device=device)
+@functools.lru_cache(maxsize=DEVICE_DECAY_CACHE_SIZE)
+def _gamma_on(g: tuple, device: torch.device) -> torch.Tensor:
+    """The spec's per-head gamma on ``device``; cached with the token offsets (a decode step is
+    short enough that building these each call would dominate it on a GPU)."""
+    return step_gamma(torch.tensor(g, dtype=torch.float64)).to(device)
 
 
 def recurrent_retention_fwd(
@@ -139,7 +143,8 @@ def recurrent_retention_fwd(
     V = v.shape[-1]
     dev = q.device
     N = len(lengths)
-    cu, gamma, dummy = _step_tables(decay_key(g_gamma), tuple(lengths), dev)
+    cu, dummy = token_offsets(tuple(lengths), dev)
+    gamma = _gamma_on(decay_key(g_gamma), dev)
 
     q, k, v = (x.contiguous() for x in (q, k, v))
     if out is None:

@@ -134,6 +134,17 @@ def step_gamma(g_gamma: torch.Tensor) -> torch.Tensor:
     return torch.exp(g_gamma.detach().to("cpu", torch.float64)).float().to(g_gamma.device)
 
 
+def last_chunk_lengths(seq_lengths, chunk_size: int = CHUNK_SIZE) -> set[int]:
+    """The length (1..chunk_size) of each sequence's last chunk: the rows of
+    :func:`kernel_decay_tables` a call needs besides the full chunk's.
+
+    Example:
+        >>> sorted(last_chunk_lengths([70, 128, 1], 64))
+        [1, 6, 64]
+    """
+    return {(n - 1) % chunk_size + 1 for n in seq_lengths}
+
+
 # Kernel decay tables per distinct (g_gamma, chunk size), least recently used first. Bounded: a
 # model with learned decays passes a new g_gamma at every call, and each entry holds ~0.35 MB
 # (H=8). The CPU kernels read them as they are; the Triton launchers keep device copies.

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import torch
 
+from retquant import decay
 from retquant.backends import cpu_extension
 from retquant.constants import CHUNK_SIZE
 from retquant.decay import kernel_decay_tables, step_gamma
@@ -52,8 +53,8 @@ def raise_recurrent_status(status: int, initial_state: torch.Tensor | None) -> N
 
 
 def last_chunk_lengths(offsets: torch.Tensor, chunk_size: int = CHUNK_SIZE) -> set[int]:
-    lens = (offsets[1:] - offsets[:-1]).tolist()
-    return {(n - 1) % chunk_size + 1 for n in lens}
+    """:func:`retquant.decay.last_chunk_lengths` of the sequences of token ``offsets``."""
+    return decay.last_chunk_lengths((offsets[1:] - offsets[:-1]).tolist(), chunk_size)
 
 
 def chunk_args(q, k, v, offsets, scale, g_gamma, initial_state, isa: int) -> tuple:
