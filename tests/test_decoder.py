@@ -61,6 +61,24 @@ def test_state_is_updated_in_place_on_the_kernel_path():
     assert o.dtype == torch.bfloat16 and o.shape == (1, 2, 16)
 
 
+@_NO_CPU
+def test_ready_and_converted_tokens_agree():
+    # Contiguous float32 tokens skip the per-step checks and conversions (the serving loop's
+    # case); float64 and strided tokens take them. Both must give the op's answer bit for bit.
+    B, T, H, K, V = 2, 5, 3, 24, 40
+    q, k, v = _seq(B, T, H, K, V, seed=2)
+    s0 = torch.randn(B, H, K, V)
+    o_ref, s_ref = fused_recurrent_retention(q, k, v, initial_state=s0, output_final_state=True, quant="int8")
+    ready = RetentionDecoder(B, H, K, V, backend="cpu", initial_state=s0)
+    converted = RetentionDecoder(B, H, K, V, backend="cpu", initial_state=s0)
+    for t in range(T):
+        o_ready = ready.step(q[:, t].contiguous(), k[:, t].contiguous(), v[:, t].contiguous())
+        o_conv = converted.step(q[:, t].double(), k[:, t], v[:, t])  # float64, then strided
+        assert o_conv.dtype == torch.float64
+        assert torch.equal(o_ready, o_ref[:, t]) and torch.equal(o_conv, o_ref[:, t].double())
+    assert torch.equal(ready.state, s_ref) and torch.equal(converted.state, s_ref)
+
+
 @pytest.mark.parametrize(
     "make, exc, msg",
     [

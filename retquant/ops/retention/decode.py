@@ -75,6 +75,7 @@ class RetentionDecoder:
             self._isa = cpu_extension.isa_code()  # RETQUANT_CPU_ISA as at construction
             self._offsets = torch.arange(B + 1, dtype=torch.int64)
             self._gamma = step_gamma(self.g_gamma).contiguous()
+            self._qk_shape, self._v_shape = (B, H, K), (B, H, V)  # tokens; o is [B, H, V] too
 
     def reset(self, initial_state: torch.Tensor | None = None) -> None:
         """Zero the state, or copy ``initial_state`` ``[B, H, K, V]`` into it."""
@@ -111,6 +112,8 @@ class RetentionDecoder:
         (every token of the step is checked before any of the state is written). A state holding
         inf/NaN (passed to the constructor or :meth:`reset`) raises too: :meth:`reset` it.
         """
+        if self._kernel and self._ready_tokens(q, k, v):
+            return self._kernel_step(q, k, v)
         q, k, v = self._check(q, "q", 2), self._check(k, "k", 2), self._check(v, "v", 3)
         if not self._kernel:
             o, final = fused_recurrent_retention(
@@ -126,19 +129,39 @@ class RetentionDecoder:
             )
             self.state.copy_(final)
             return o[:, 0]
+        tokens = [x.float().contiguous() for x in (q, k, v)]  # (no copy where already so)
+        return self._kernel_step(*tokens).to(q.dtype)
+
+    def _ready_tokens(self, q, k, v) -> bool:
+        # The serving loop's case, tested in a few attribute reads: plain float32 contiguous
+        # tokens of the right shapes. Anything else goes through _check (its errors) and a
+        # conversion; the kernel step is the same either way.
+        return (
+            type(q) is torch.Tensor
+            and type(k) is torch.Tensor
+            and type(v) is torch.Tensor
+            and q.dtype is torch.float32
+            and k.dtype is torch.float32
+            and v.dtype is torch.float32
+            and q.shape == self._qk_shape
+            and k.shape == self._qk_shape
+            and v.shape == self._v_shape
+            and q.is_contiguous()
+            and k.is_contiguous()
+            and v.is_contiguous()
+        )
+
+    def _kernel_step(self, q, k, v) -> torch.Tensor:
+        """The C++ decode kernel on checked float32 contiguous tokens; the state in place."""
         if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
             raise RuntimeError(
                 "RetentionDecoder's cpu kernel is forward-only: step under torch.no_grad(), or "
                 "construct it with backend='reference' to differentiate"
             )
-        # (already float32 and contiguous: used as they are, no conversion call per token)
-        tokens = [
-            x if x.dtype == torch.float32 and x.is_contiguous() else x.float().contiguous() for x in (q, k, v)
-        ]
-        out = torch.empty(self.shape[0], self.shape[1], self.shape[3])
+        out = torch.empty(self._v_shape)
         status = self._ops.recurrent_fwd(
-            *tokens, self._offsets, self.scale, self._gamma, self.state, out, self.state, self._isa
+            q, k, v, self._offsets, self.scale, self._gamma, self.state, out, self.state, self._isa
         )
         if status:
             cpu_ops.raise_recurrent_status(status, self.state)
-        return out if q.dtype == torch.float32 else out.to(q.dtype)
+        return out
