@@ -12,7 +12,8 @@ rates on the kernel's four GEMM shapes; the kernel's own GEMM-stage rate, per IS
 run, as a fraction of that ISA's measured int8 peak; the decode step against an fp32 decode
 step; and the float path's fused fp32 kernel against the fp32 PyTorch chunkwise retention
 (:mod:`bench.float_cpu`). The kernel ISA is ``RETQUANT_CPU_ISA`` (default: the best the CPU has)
-and is printed. Times are medians of ``--repeats`` runs; accuracy is relative L2 and cosine
+and is printed. Times are medians of ``--repeats`` rounds, each round running every row of a
+table once in turn (``interleaved_median_times``); accuracy is relative L2 and cosine
 against a float64 reference (``retquant.metrics.compare``).
 """
 
@@ -26,6 +27,7 @@ from bench import float_cpu
 from bench.cpu_peers import (
     C,
     _split,
+    interleaved_median_times,
     median_time,
     parse_shape_args,
     torch_chunk_retention,
@@ -153,20 +155,18 @@ def main(argv=None):
         f"torch {torch.__version__}; threads={torch.get_num_threads()}; kernel ISA={isa} "
         f"(this CPU runs: {', '.join(cpu_extension.cpu_isas())})"
     )
-    print(f"shape: B={B} T={T} H={H} K={K} V={V} chunk={C}; median of {R} runs\n")
+    print(f"shape: B={B} T={T} H={H} K={K} V={V} chunk={C}; median of {R} interleaved rounds\n")
 
     ref = chunk_retention(q.double(), k.double(), v.double(), g_gamma=gg, backend="reference")[0]
     n_chunks = -(-T // C)
     gemm_ops = 2.0 * B * H * n_chunks * sum(m * n * r for _, m, n, r in gemm_shapes(K, V))
     call = validate_call(q, k, v, g_gamma=gg, quant="int8")
 
-    rows = []
+    cases = []  # (name, fn, error of its output); timed together below
 
-    def run(name, fn, ops=gemm_ops):
-        out = fn()
-        t = median_time(fn, R, warmup=0)
-        e = compare(out.float(), ref)
-        rows.append((name, t, ops / t / 1e9, e.rel_l2, e.cosine))
+    def run(name, fn):
+        e = compare(fn().float(), ref)  # (also the warm-up call)
+        cases.append((name, fn, e))
 
     qb, kb, vb = q.bfloat16(), k.bfloat16(), v.bfloat16()
     run(
@@ -189,6 +189,8 @@ def main(argv=None):
         lambda: torch_chunk_retention_blocked(qb, kb, vb, gg, scale),
     )
     run("int8 PyTorch (torch._int_mm)", lambda: torch_int8_chunk_retention(q, k, v, gg, scale))
+    times = interleaved_median_times([fn for _, fn, _ in cases], R, warmup=0)
+    rows = [(name, t, gemm_ops / t / 1e9, e.rel_l2, e.cosine) for (name, _, e), t in zip(cases, times)]
 
     print(f"{'chunkwise retention':50s} {'ms':>9s} {'GOP/s*':>8s} {'rel_l2':>10s} {'cosine':>10s}")
     for name, t, rate, rel, cos in rows:
@@ -279,11 +281,13 @@ def _decode(B, H, K, V, gg, scale, gen, R):
         for t in range(steps):
             torch.ops.retquant.recurrent_fwd(qf[t], kf[t], vf[t], off, scale, gamma, S_op, out, S_op, isa)
 
-    t_op = median_time(op_steps, R) / steps
-    t_dec = median_time(decoder_steps, R) / steps
-    t_i8 = median_time(int8_steps, R) / steps
-    t_f32 = median_time(fp32_steps, R) / steps
-    print(f"decode step (B={B}, H={H}, K={K}, V={V}), per token, median of {R} x {steps} tokens")
+    t_op, t_dec, t_i8, t_f32 = (
+        t / steps for t in interleaved_median_times([op_steps, decoder_steps, int8_steps, fp32_steps], R)
+    )
+    print(
+        f"decode step (B={B}, H={H}, K={K}, V={V}), per token, "
+        f"median of {R} interleaved rounds x {steps} tokens"
+    )
     print(f"  int8 kernel (registered op, state in place):    {t_op * 1e6:8.1f} us")
     print(f"  int8 RetentionDecoder.step (state in place):     {t_dec * 1e6:8.1f} us")
     print(f"  int8 fused_recurrent_retention(backend=cpu):     {t_i8 * 1e6:8.1f} us")

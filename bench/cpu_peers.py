@@ -25,14 +25,28 @@ from retquant.constants import CHUNK_SIZE as C
 
 def median_time(fn, repeats: int, warmup: int = 1) -> float:
     """Median wall time of ``fn()`` in seconds."""
-    for _ in range(warmup):
-        fn()
-    times = []
+    return interleaved_median_times([fn], repeats, warmup)[0]
+
+
+def interleaved_median_times(fns, repeats: int, warmup: int = 1) -> list[float]:
+    """Median wall time in seconds of each of ``fns``, timed in ``repeats`` rounds that run every
+    function once in turn: on a shared machine whose speed drifts over seconds, the functions a
+    table compares see the same conditions (timed one after the other, a slow spell lands on
+    one of them and skews the ratio).
+
+    Example:
+        >>> t_a, t_b = interleaved_median_times([lambda: sum(range(100)), lambda: None], 3)
+    """
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    times = [[] for _ in fns]
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for fn, ts in zip(fns, times):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+    return [statistics.median(ts) for ts in times]
 
 
 def _split(x: torch.Tensor, n: int) -> torch.Tensor:

@@ -8,7 +8,7 @@ place, as ``RetentionDecoder.step`` calls it) and the in-place fp32 PyTorch step
 by least squares, and times a 1 x 1 x 16 x 16 state (almost no work: the call's own cost). The
 state grows from 0.5 to 4 MiB over the sweep (past the L2 of two cores at B >= 2): a per-head
 cost that does not rise with B says the kernel is bound by its arithmetic, not by memory.
-Medians of ``--repeats`` runs of 64 tokens each.
+Medians of ``--repeats`` rounds of 64 tokens each (the int8 op and the fp32 step in turn).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import argparse
 import torch
 
 from bench.cpu import decode_step_fp32
-from bench.cpu_peers import median_time
+from bench.cpu_peers import interleaved_median_times
 from retquant.backends import cpu_extension
 from retquant.backends.cpu_extension import cpu_name
 from retquant.decay import default_g_gamma, step_gamma
@@ -46,7 +46,8 @@ def _per_token_times(B, H, K, V, repeats, gen) -> tuple[float, float]:
         for t in range(STEPS):
             decode_step_fp32(q[t], k[t], v[t], S_f32, gamma, scale)
 
-    return median_time(op_steps, repeats) / STEPS, median_time(fp32_steps, repeats) / STEPS
+    t_op, t_f32 = interleaved_median_times([op_steps, fp32_steps], repeats)
+    return t_op / STEPS, t_f32 / STEPS
 
 
 def _fit(xs, ys) -> tuple[float, float]:
@@ -71,7 +72,7 @@ def main(argv=None) -> None:
     gen = torch.Generator().manual_seed(0)
     print(
         f"machine: {cpu_name()}; threads={torch.get_num_threads()}; kernel ISA={cpu_extension.isa()}; "
-        f"H={H} K={K} V={V}; median of {args.repeats} x {STEPS} tokens"
+        f"H={H} K={K} V={V}; median of {args.repeats} interleaved rounds x {STEPS} tokens"
     )
     tiny_op, tiny_f32 = _per_token_times(1, 1, 16, 16, args.repeats, gen)
     print(

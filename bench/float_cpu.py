@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from bench.cpu_peers import (
-    median_time,
+    interleaved_median_times,
     parse_shape_args,
     torch_chunk_retention,
     torch_chunk_retention_blocked,
@@ -34,18 +34,18 @@ def report(q, k, v, g_gamma, scale, ref, repeats: int) -> float:
     V = v.shape[-1]
     off = torch.arange(0, B * T + 1, T, dtype=torch.int64)
     flat = [x.reshape(B * T, H, -1) for x in (q, k, v)]
-    rows = []
+    cases = []  # (name, fn, error of its output); timed together below
 
     def run(name, fn):
-        out = fn()
-        t = median_time(fn, repeats, warmup=0)
-        e = compare(out.reshape(B, T, H, V).float(), ref)
-        rows.append((name, t, e.rel_l2, e.cosine))
+        e = compare(fn().reshape(B, T, H, V).float(), ref)  # (also the warm-up call)
+        cases.append((name, fn, e))
 
     isa = cpu_float.ISA_NAMES[cpu_float.isa_level()]
     run(f"fp32 fused C++ kernel ({isa})", lambda: cpu_float.chunk_float(*flat, off, scale, g_gamma, None)[0])
     run("fp32 PyTorch chunkwise, per (b, h)", lambda: torch_chunk_retention_blocked(q, k, v, g_gamma, scale))
     run("fp32 PyTorch chunkwise, all batched", lambda: torch_chunk_retention(q, k, v, g_gamma, scale))
+    times = interleaved_median_times([fn for _, fn, _ in cases], repeats, warmup=0)
+    rows = [(name, t, e.rel_l2, e.cosine) for (name, _, e), t in zip(cases, times)]
     print(f"{'float chunkwise retention (quant=None)':50s} {'ms':>9s} {'rel_l2':>10s} {'cosine':>10s}")
     for name, t, rel, cos in rows:
         print(f"{name:50s} {t * 1e3:9.1f} {rel:10.3e} {cos:10.7f}")
@@ -64,7 +64,7 @@ def main(argv=None):
     v = torch.randn(B, T, H, V, generator=gen)
     gg = default_g_gamma(H)
     print(f"machine: {cpu_name()}; torch {torch.__version__}; threads={torch.get_num_threads()}")
-    print(f"shape: B={B} T={T} H={H} K={K} V={V} chunk=64; median of {args.repeats} runs\n")
+    print(f"shape: B={B} T={T} H={H} K={K} V={V} chunk=64; median of {args.repeats} interleaved rounds\n")
     ref = chunk_retention(q.double(), k.double(), v.double(), g_gamma=gg, backend="reference")[0]
     report(q, k, v, gg, K**-0.5, ref, args.repeats)
 

@@ -75,9 +75,7 @@ def chunk_raw(call: RetentionCall, isa: str | None = None, debug_chunks: int = 0
 def recurrent_raw(call: RetentionCall):
     """Run the recurrent kernel on ``call``: ``(o f32 [B*T, H, V], final f32 [N, H, K, V])``."""
     q, k, v = token_rows(call.q), token_rows(call.k), token_rows(call.v)
-    return torch.ops.retquant.cpu_recurrent_int8(
-        q, k, v, token_offsets(call), call.scale, call.g_gamma, _init(call)
-    )
+    return cpu_ops.recurrent(q, k, v, token_offsets(call), call.scale, call.g_gamma, _init(call))
 
 
 def _finish(call: RetentionCall, out: torch.Tensor, final: torch.Tensor):
