@@ -7,7 +7,7 @@ place, as ``RetentionDecoder.step`` calls it) and the in-place fp32 PyTorch step
 (:func:`bench.cpu.decode_step_fp32`) at B = 1, 2, 4, 8, fits ``time = fixed + per_head * B * H``
 by least squares, and times a 1 x 1 x 16 x 16 state (almost no work: the call's own cost). The
 state grows from 0.5 to 4 MiB over the sweep (past the L2 of two cores at B >= 2): a per-head
-cost that does not rise with B says the kernel is bound by its arithmetic, not by memory.
+cost that does not rise with B says the state's trips beyond L2 are not what bounds the kernel.
 Medians of ``--repeats`` rounds of 64 tokens each (the int8 op and the fp32 step in turn).
 """
 
