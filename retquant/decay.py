@@ -154,7 +154,7 @@ _KERNEL_TABLES: OrderedDict[tuple, dict] = OrderedDict()
 
 def kernel_decay_tables(g_gamma: torch.Tensor, lengths, chunk_size: int = CHUNK_SIZE) -> dict:
     """The chunk kernels' float32 CPU tables for one decay: ``row``, ``col``, ``mask``,
-    ``inter``, ``fused`` (uint8) of a full chunk, ``gamma`` (:func:`step_gamma`), and ``kdec``
+    ``inter``, ``fused`` (uint8) of a full chunk, and ``kdec``
     ``[H, C+1, C]`` / ``chunk`` ``[H, C+1]`` indexed by chunk length L, row L taken from
     :func:`chunk_decay_tables` at length L (so a kernel reads exactly the spec's numbers) and
     filled for L = ``chunk_size`` and every length in ``lengths`` (``filled`` says which). Cached
@@ -179,7 +179,6 @@ def kernel_decay_tables(g_gamma: torch.Tensor, lengths, chunk_size: int = CHUNK_
             "mask": full.mask.contiguous(),
             "inter": full.inter.contiguous(),
             "fused": full.fused.to(torch.uint8).contiguous(),
-            "gamma": step_gamma(g).contiguous(),  # per head, for the decode kernels
             "kdec": torch.zeros(H, C + 1, C),
             "chunk": torch.zeros(H, C + 1),
             "filled": set(),
