@@ -50,71 +50,135 @@ static inline void codes_row(const float* x, float s, int n_valid, int n_store, 
   }
 }
 
+// Rows per block of quant_token_rows: their amax first (no row waits on its own scale), then
+// their codes, four K rows at a time (one 16-byte store per word group of kp).
+constexpr int kRowBlock = 8;
+
+// K codes of tokens a..a+n4-1 (n4 = kN when kN > 0: the full group) with scales sk[0, n4):
+// 8 columns of the 4 tokens per step, the words (g, a..a+3) of kp being 16 adjacent bytes.
+template <int kN, typename T>
+static inline void k_codes4(const T* kbase, int64_t ldq, int a, const float* sk, Scratch& s,
+                            int n4 = kN) {
+  const int K = s.K, K4 = s.K4, C16 = s.C16;
+  Divisor8 dd[4];
+  for (int i = 0; i < 4; ++i) dd[i] = divisor8(_mm256_set1_ps(i < n4 ? sk[i] : 1.f));
+  __m256i csum[4];
+  for (int i = 0; i < 4; ++i) csum[i] = _mm256_setzero_si256();
+  for (int c = 0; c < K4; c += 8) {  // codes past K are 0 (zero lanes): the zero padding
+    __m256 x[4];
+    __m256i code[4];
+    for (int i = 0; i < 4; ++i)
+      x[i] = (kN == 4 || i < n4) ? load8(kbase + (a + i) * ldq + c, K - c) : _mm256_setzero_ps();
+    codes8x4(x, dd, code);
+    for (int i = 0; i < 4; ++i) csum[i] = _mm256_add_epi32(csum[i], code[i]);
+    const __m256i b = pack_codes4(code);
+    int8_t* kp = s.kp + (static_cast<int64_t>(c / 4) * C16 + a) * 4;
+    if (kN == 4) {
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(kp), _mm256_castsi256_si128(b));
+      if (c + 4 < K4) _mm_storeu_si128(reinterpret_cast<__m128i*>(kp + C16 * 4), _mm256_extracti128_si256(b, 1));
+    } else {
+      std::memcpy(kp, &b, static_cast<size_t>(4 * n4));
+      if (c + 4 < K4) {
+        const __m128i hi = _mm256_extracti128_si256(b, 1);
+        std::memcpy(kp + C16 * 4, &hi, static_cast<size_t>(4 * n4));
+      }
+    }
+  }
+  for (int i = 0; i < n4; ++i) s.cs_k[a + i] = hsum8(csum[i]);
+}
+
 // Q rows (times `scale`) and K rows per token: Q codes into qu8 (padding: 0, kSignedA), K
-// codes straight into kp (B of Q K^T: [K4/4][C16][4], each 4-code word stored to its token's
-// slot, no token-major copy to transpose), their row sums into cs_k; K~ = K * kdec[j] into kd
-// with its column amax in kd_amax. Returns the inputs seen non-finite (kNonFiniteQ | K).
+// codes straight into kp (B of Q K^T: [K4/4][C16][4], the 4-code words of 4 tokens stored
+// together), their row sums into cs_k; K~ = K * kdec[j] into kd with its column amax in
+// kd_amax. Returns the inputs seen non-finite (kNonFiniteQ | K).
 template <typename T>
 static inline int quant_token_rows(const T* qbase, const T* kbase, int64_t ldq, const T* vbase,
                                    int64_t ldv, int L, float scale, const float* kdec, Scratch& s) {
   const int K = s.K, K4 = s.K4, K16 = s.K16, C16 = s.C16, V = s.V;
   const __m256 vscale_q = _mm256_set1_ps(scale);
   for (int c = 0; c < K16; c += 8) _mm256_storeu_ps(s.kd_amax + c, _mm256_setzero_ps());
-  __m256 bad_q = _mm256_setzero_ps(), bad_k = _mm256_setzero_ps();
-  for (int a = 0; a < L; ++a) {
-    const T* qrow = qbase + a * ldq;
-    const T* krow = kbase + a * ldq;
-    if (a + 4 < L) {
-      prefetch_row(qrow + 4 * ldq, K);
-      prefetch_row(krow + 4 * ldq, K);
+  __m256i bits_q = _mm256_setzero_si256(), bits_k = _mm256_setzero_si256();
+  alignas(32) float amax_q[kRowBlock], amax_k[kRowBlock];
+  for (int a0 = 0; a0 < L; a0 += kRowBlock) {
+    const int nrows = L - a0 < kRowBlock ? L - a0 : kRowBlock;
+    // Pass 1: per row, the amax of |q| and |k| (as bits), K~ and its column amax.
+    for (int i = 0; i < kRowBlock; ++i) {
+      const int a = a0 + i;
+      amax_q[i] = amax_k[i] = 0.f;
+      if (i >= nrows) continue;
+      const T* qrow = qbase + a * ldq;
+      const T* krow = kbase + a * ldq;
+      if (a + 4 < L) {
+        prefetch_row(qrow + 4 * ldq, K);
+        prefetch_row(krow + 4 * ldq, K);
+      }
+      prefetch_row(vbase + a * ldv, V);  // V is read right after this stage
+      if (a < s.pf_rows) {
+        prefetch_row_l2(static_cast<const T*>(s.pf_q) + a * ldq, K);
+        prefetch_row_l2(static_cast<const T*>(s.pf_k) + a * ldq, K);
+        prefetch_row_l2(static_cast<const T*>(s.pf_v) + a * ldv, V);
+      }
+      __m256i mq = _mm256_setzero_si256(), mk = _mm256_setzero_si256();
+      const __m256 f = _mm256_set1_ps(kdec[a]);
+      float* kd = s.kd + a * K16;
+      for (int c = 0; c < K; c += 8) {
+        mq = max_abs_bits8(mq, load8(qrow + c, K - c));
+        const __m256 x = load8(krow + c, K - c);
+        mk = max_abs_bits8(mk, x);
+        const __m256 d = _mm256_mul_ps(x, f);
+        _mm256_storeu_ps(kd + c, d);
+        _mm256_storeu_ps(s.kd_amax + c, _mm256_max_ps(_mm256_loadu_ps(s.kd_amax + c), abs8(d)));
+      }
+      bits_q = _mm256_max_epu32(bits_q, mq);
+      bits_k = _mm256_max_epu32(bits_k, mk);
+      // fl(|x| * |scale|) is monotone in |x|: the amax of the scaled row from the raw amax.
+      amax_q[i] = from_bits(hmax_u32(mq)) * std::fabs(scale);
+      amax_k[i] = from_bits(hmax_u32(mk));
     }
-    prefetch_row(vbase + a * ldv, V);  // V is read right after this stage
-    if (a < s.pf_rows) {
-      prefetch_row_l2(static_cast<const T*>(s.pf_q) + a * ldq, K);
-      prefetch_row_l2(static_cast<const T*>(s.pf_k) + a * ldq, K);
-      prefetch_row_l2(static_cast<const T*>(s.pf_v) + a * ldv, V);
+    // The block's scales (8 rows per vector).
+    const __m256 sq8 = vscale8(_mm256_load_ps(amax_q)), sk8 = vscale8(_mm256_load_ps(amax_k));
+    alignas(32) float sq_blk[kRowBlock], sk_blk[kRowBlock];
+    _mm256_store_ps(sq_blk, sq8);
+    _mm256_store_ps(sk_blk, sk8);
+    for (int i = 0; i < nrows; ++i) {
+      s.sq[a0 + i] = sq_blk[i];
+      s.sk[a0 + i] = sk_blk[i];
     }
-    // Q: scaled row and its amax, then the codes (over K4 bytes: the reduction's zero padding).
-    __m256 m = _mm256_setzero_ps();
-    for (int c = 0; c < K; c += 8) {
-      const __m256 raw = load8(qrow + c, K - c);
-      bad_q = _mm256_or_ps(bad_q, nonfinite8(abs8(raw)));
-      const __m256 x = _mm256_mul_ps(raw, vscale_q);
-      _mm256_storeu_ps(s.qs + c, x);
-      m = _mm256_max_ps(m, abs8(x));
+    // Pass 2a: Q codes, 32 columns of a row per group.
+    for (int i = 0; i < nrows; ++i) {
+      const int a = a0 + i;
+      const T* qrow = qbase + a * ldq;
+      const Divisor8 d = divisor8(_mm256_set1_ps(sq_blk[i]));
+      const Divisor8 dd[4] = {d, d, d, d};
+      uint8_t* qu = s.qu8 + a * K4;
+      for (int c0 = 0; c0 < K4; c0 += 32) {
+        __m256 x[4];
+        __m256i code[4];
+        for (int j = 0; j < 4; ++j) {
+          const int c = c0 + 8 * j;
+          x[j] = c < K ? _mm256_mul_ps(load8(qrow + c, K - c), vscale_q) : _mm256_setzero_ps();
+        }
+        codes8x4(x, dd, code);
+        // bytes in column order: dwords (0, 4, 1, 5, 2, 6, 3, 7) of the packed halves
+        const __m256i b = _mm256_permutevar8x32_epi32(pack_codes4(code), _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        const int left = K4 - c0;
+        if (left >= 32) {
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(qu + c0), b);
+        } else {
+          alignas(32) uint8_t buf[32];
+          _mm256_store_si256(reinterpret_cast<__m256i*>(buf), b);
+          std::memcpy(qu + c0, buf, static_cast<size_t>(left));
+        }
+      }
     }
-    const float sqa = scale_from_amax(hmax8(m));
-    s.sq[a] = sqa;
-    codes_row(s.qs, sqa, K, K4, s.qu8 + a * K4);
-    // K: amax; K~ = K * kdec[a] and its column amax; then the codes and their sum.
-    const __m256 f = _mm256_set1_ps(kdec[a]);
-    float* kd = s.kd + a * K16;
-    m = _mm256_setzero_ps();
-    for (int c = 0; c < K; c += 8) {
-      const __m256 x = load8(krow + c, K - c);
-      const __m256 ax = abs8(x);
-      bad_k = _mm256_or_ps(bad_k, nonfinite8(ax));
-      m = _mm256_max_ps(m, ax);
-      const __m256 d = _mm256_mul_ps(x, f);
-      _mm256_storeu_ps(kd + c, d);
-      _mm256_storeu_ps(s.kd_amax + c, _mm256_max_ps(_mm256_loadu_ps(s.kd_amax + c), abs8(d)));
-    }
-    const float ska = scale_from_amax(hmax8(m));
-    s.sk[a] = ska;
-    const Divisor8 dk = divisor8(_mm256_set1_ps(ska));
-    __m256i csum = _mm256_setzero_si256();
-    int32_t* kp = reinterpret_cast<int32_t*>(s.kp) + a;  // word (g, a) at kp[g * C16]
-    for (int c = 0; c < K4; c += 8) {  // codes past K are 0 (zero lanes): the zero padding
-      const __m256i code = codes8(load8(krow + c, K - c), dk);
-      csum = _mm256_add_epi32(csum, code);
-      const __m128i b = bytes8(code);
-      kp[(c / 4) * C16] = _mm_cvtsi128_si32(b);
-      if (c + 4 < K4) kp[(c / 4 + 1) * C16] = _mm_extract_epi32(b, 1);
-    }
-    s.cs_k[a] = hsum8(csum);
+    // Pass 2b: K codes, 4 tokens x 8 columns per group: the words (g, a..a+3) of kp are 16
+    // adjacent bytes, written in one store per word group.
+    int i0 = 0;
+    for (; i0 + 4 <= nrows; i0 += 4) k_codes4<4>(kbase, ldq, a0 + i0, sk_blk + i0, s);
+    if (i0 < nrows) k_codes4<0>(kbase, ldq, a0 + i0, sk_blk + i0, s, nrows - i0);
   }
   for (int a = L; a < s.C4; ++a) std::memset(s.qu8 + a * K4, 0, K4);
-  return (any8(bad_q) ? kNonFiniteQ : 0) | (any8(bad_k) ? kNonFiniteK : 0);
+  return (hmax_u32(bits_q) >= kInfBits ? kNonFiniteQ : 0) | (hmax_u32(bits_k) >= kInfBits ? kNonFiniteK : 0);
 }
 
 // The fused-decay epilogue of acc = Q K^T and the per-row quantization of the scores P into
@@ -184,34 +248,59 @@ static inline bool col_amax(const T* x, int64_t ldx, int rows, int n, float* ama
 
 // Per-column quantization into the packed layout [rows4/4][ld][4] (see chunk_stages_portable.h
 // for the contract). The four codes of one column in a group of 4 rows become one int32 word
-// (row r0 + i in byte i), so 8 columns x 4 rows are one 32-byte store.
+// (row r0 + i in byte i), so 8 columns x 4 rows are one 32-byte store: the rows' codes packed
+// to bytes (row-major per 128-bit half) and each half's 4 x 4 bytes transposed by one shuffle.
+// 16 columns (a cache line of a float row) per pass: the rows are a power-of-two stride apart and
+// map to few L1 sets, so a line's second half would be evicted before a later pass came back
+// for it. ld is a multiple of 16.
 template <typename T>
 static inline void quant_cols_packed(const T* x, int64_t ldx, int rows, int rows4, int n, int ld,
                                      const float* amax, float* scale, int8_t* dst, int32_t* colsum,
                                      int32_t* prefix, bool biased) {
-  const __m256i bias = _mm256_set1_epi32(biased ? 128 : 0), low = _mm256_set1_epi32(0xFF);
-  for (int c = 0; c < ld; c += 8) {
-    const __m256 sc = vscale8(load8(amax + c, n - c));  // columns past n: amax 0, scale 1
-    _mm256_storeu_ps(scale + c, sc);
-    const Divisor8 d = divisor8(sc);
-    __m256i cs = _mm256_setzero_si256();
-    for (int r0 = 0; r0 < rows4; r0 += 4) {
-      __m256i w = _mm256_setzero_si256();
-      for (int i = 0; i < 4; ++i) {
-        __m256i code = _mm256_setzero_si256();
-        if (r0 + i < rows) {
-          code = codes8(load8(x + (r0 + i) * ldx + c, n - c), d);
-          cs = _mm256_add_epi32(cs, code);
-        }
-        const __m256i byte = _mm256_and_si256(_mm256_add_epi32(code, bias), low);
-        w = _mm256_or_si256(w, _mm256_slli_epi32(byte, 8 * i));
-      }
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + (static_cast<int64_t>(r0 / 4) * ld + c) * 4), w);
-      if (prefix != nullptr)
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(prefix + (r0 / 4 + 1) * ld + c), cs);
+  // byte 4 c + r of each half <- byte 4 r + c (4 rows x 4 columns -> 4 columns x 4 rows)
+  const __m256i transpose = _mm256_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15,
+                                             0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  const __m256i bias = _mm256_set1_epi8(biased ? static_cast<char>(0x80) : 0);  // code + 128
+  for (int c0 = 0; c0 < ld; c0 += 16) {
+    Divisor8 d[2];
+    __m256i cs[2];
+    for (int h = 0; h < 2; ++h) {
+      const int c = c0 + 8 * h;
+      const __m256 sc = vscale8(load8(amax + c, n - c));  // columns past n: amax 0, scale 1
+      _mm256_storeu_ps(scale + c, sc);
+      d[h] = divisor8(sc);
+      cs[h] = _mm256_setzero_si256();
     }
-    if (prefix != nullptr) _mm256_storeu_si256(reinterpret_cast<__m256i*>(prefix + c), _mm256_setzero_si256());
-    if (colsum != nullptr) _mm256_storeu_si256(reinterpret_cast<__m256i*>(colsum + c), cs);
+    // The common case: 16 real columns with normal scales, whole groups of 4 rows.
+    const bool fast_cols = n - c0 >= 16 && d[0].in_range && d[1].in_range;
+    for (int r0 = 0; r0 < rows4; r0 += 4) {
+      const bool fast = fast_cols && r0 + 4 <= rows;
+      for (int h = 0; h < 2; ++h) {
+        const int c = c0 + 8 * h;
+        __m256 xv[4];
+        __m256i code[4];
+        if (fast) {
+          for (int i = 0; i < 4; ++i) xv[i] = load8(x + (r0 + i) * ldx + c, 8);
+          const __m256 r[4] = {d[h].r, d[h].r, d[h].r, d[h].r};
+          if (!codes8x4_fast(xv, r, code))
+            for (int i = 0; i < 4; ++i) code[i] = vcodes8_in_range(xv[i], d[h].s);
+        } else {  // rows past `rows`: x = 0, code 0
+          for (int i = 0; i < 4; ++i)
+            code[i] = r0 + i < rows ? codes8(load8(x + (r0 + i) * ldx + c, n - c), d[h]) : _mm256_setzero_si256();
+        }
+        for (int i = 0; i < 4; ++i) cs[h] = _mm256_add_epi32(cs[h], code[i]);
+        // half 0 of the shuffled bytes holds the words of columns c..c+3, half 1 of c+4..c+7
+        const __m256i w = _mm256_xor_si256(_mm256_shuffle_epi8(pack_codes4(code), transpose), bias);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + (static_cast<int64_t>(r0 / 4) * ld + c) * 4), w);
+        if (prefix != nullptr)
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(prefix + (r0 / 4 + 1) * ld + c), cs[h]);
+      }
+    }
+    for (int h = 0; h < 2; ++h) {
+      const int c = c0 + 8 * h;
+      if (prefix != nullptr) _mm256_storeu_si256(reinterpret_cast<__m256i*>(prefix + c), _mm256_setzero_si256());
+      if (colsum != nullptr) _mm256_storeu_si256(reinterpret_cast<__m256i*>(colsum + c), cs[h]);
+    }
   }
 }
 

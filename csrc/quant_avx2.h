@@ -36,6 +36,20 @@ static inline int32_t hsum8(__m256i x) {
   return _mm_cvtsi128_si32(s);
 }
 
+static inline uint32_t hmax_u32(__m256i x) {
+  __m128i m = _mm_max_epu32(_mm256_castsi256_si128(x), _mm256_extracti128_si256(x, 1));
+  m = _mm_max_epu32(m, _mm_shuffle_epi32(m, 0x4E));
+  m = _mm_max_epu32(m, _mm_shuffle_epi32(m, 0xB1));
+  return static_cast<uint32_t>(_mm_cvtsi128_si32(m));
+}
+
+// The running max of the bits of |x| (abs_bits of quant.h, 8 lanes): for a row it is both the
+// amax (as bits) and the finiteness probe (inf and NaN have the largest bits), one vpmaxud per
+// vector instead of a compare, an or and a float max.
+static inline __m256i max_abs_bits8(__m256i m, __m256 x) {
+  return _mm256_max_epu32(m, _mm256_castps_si256(abs8(x)));
+}
+
 // Codes of x / s: a true division (as the spec), clamp to +-127, round half to even
 // (vcvtps2dq rounds with MXCSR, round-to-nearest-even unless a caller changed it, the same
 // assumption as the portable path's magic-number rounding).
@@ -96,6 +110,38 @@ static inline __m256i codes8(__m256 x, const Divisor8& d) {
   const __m256 n = rint8(t);
   if (any8(near_tie8(tie_dist8(t, n)))) return vcodes8_in_range(x, d.s);
   return _mm256_cvtps_epi32(n);  // n is an integer: exact
+}
+
+// codes8 of four vectors x[i] / s_i given the reciprocals r[i] of normal scales, with one
+// near-tie test for the four instead of one per vector. False on a near tie (rare; c is then
+// unset), for the caller's exact path.
+static inline bool codes8x4_fast(const __m256 x[4], const __m256 r[4], __m256i c[4]) {
+  __m256 n[4], dist = _mm256_setzero_ps();
+  for (int i = 0; i < 4; ++i) {
+    const __m256 t = _mm256_mul_ps(x[i], r[i]);
+    n[i] = rint8(t);
+    dist = _mm256_max_ps(dist, tie_dist8(t, n[i]));
+  }
+  if (any8(near_tie8(dist))) return false;
+  for (int i = 0; i < 4; ++i) c[i] = _mm256_cvtps_epi32(n[i]);  // integers: exact
+  return true;
+}
+
+// codes8 of four vectors, x[i] with divisor d[i]: codes8x4_fast where every scale is normal and
+// no lane is near a tie, else codes8 per vector.
+static inline void codes8x4(const __m256 x[4], const Divisor8 d[4], __m256i c[4]) {
+  if (d[0].in_range && d[1].in_range && d[2].in_range && d[3].in_range) {
+    const __m256 r[4] = {d[0].r, d[1].r, d[2].r, d[3].r};
+    if (codes8x4_fast(x, r, c)) return;
+  }
+  for (int i = 0; i < 4; ++i) c[i] = codes8(x[i], d[i]);
+}
+
+// Four vectors of codes (int32 lanes in [-128, 127]) as bytes: each 128-bit half holds 4 lanes
+// of each vector in turn, lanes 0-3 in half 0 (c0[0:4], c1[0:4], c2[0:4], c3[0:4]) and lanes
+// 4-7 in half 1.
+static inline __m256i pack_codes4(const __m256i c[4]) {
+  return _mm256_packs_epi16(_mm256_packs_epi32(c[0], c[1]), _mm256_packs_epi32(c[2], c[3]));
 }
 
 // scale_from_amax on 8 lanes.
