@@ -94,7 +94,7 @@ static inline void k_codes4(const T* kbase, int64_t ldq, int a, const float* sk,
 template <typename T>
 static inline int quant_token_rows(const T* qbase, const T* kbase, int64_t ldq, const T* vbase,
                                    int64_t ldv, int L, float scale, const float* kdec, Scratch& s) {
-  const int K = s.K, K4 = s.K4, K16 = s.K16, C16 = s.C16, V = s.V;
+  const int K = s.K, K4 = s.K4, K16 = s.K16;
   const __m256 vscale_q = _mm256_set1_ps(scale);
   for (int c = 0; c < K16; c += 8) _mm256_storeu_ps(s.kd_amax + c, _mm256_setzero_ps());
   __m256i bits_q = _mm256_setzero_si256(), bits_k = _mm256_setzero_si256();
@@ -108,16 +108,7 @@ static inline int quant_token_rows(const T* qbase, const T* kbase, int64_t ldq, 
       if (i >= nrows) continue;
       const T* qrow = qbase + a * ldq;
       const T* krow = kbase + a * ldq;
-      if (a + 4 < L) {
-        prefetch_row(qrow + 4 * ldq, K);
-        prefetch_row(krow + 4 * ldq, K);
-      }
-      prefetch_row(vbase + a * ldv, V);  // V is read right after this stage
-      if (a < s.pf_rows) {
-        prefetch_row_l2(static_cast<const T*>(s.pf_q) + a * ldq, K);
-        prefetch_row_l2(static_cast<const T*>(s.pf_k) + a * ldq, K);
-        prefetch_row_l2(static_cast<const T*>(s.pf_v) + a * ldv, V);
-      }
+      prefetch_token_rows(qbase, kbase, ldq, vbase, ldv, a, L, s);
       __m256i mq = _mm256_setzero_si256(), mk = _mm256_setzero_si256();
       const __m256 f = _mm256_set1_ps(kdec[a]);
       float* kd = s.kd + a * K16;

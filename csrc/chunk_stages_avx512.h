@@ -74,23 +74,14 @@ static inline void biased_codes_row(const float* x, float s, int n_valid, int n_
 template <typename T>
 static inline int quant_token_rows(const T* qbase, const T* kbase, int64_t ldq, const T* vbase,
                                    int64_t ldv, int L, float scale, const float* kdec, Scratch& s) {
-  const int K = s.K, K4 = s.K4, K16 = s.K16, C16 = s.C16, V = s.V;
+  const int K = s.K, K4 = s.K4, K16 = s.K16, C16 = s.C16;
   const __m512 vscale_q = _mm512_set1_ps(scale);
   for (int c = 0; c < K16; c += 16) _mm512_storeu_ps(s.kd_amax + c, _mm512_setzero_ps());
   __mmask16 bad_q = 0, bad_k = 0;
   for (int a = 0; a < L; ++a) {
     const T* qrow = qbase + a * ldq;
     const T* krow = kbase + a * ldq;
-    if (a + 4 < L) {
-      prefetch_row(qrow + 4 * ldq, K);
-      prefetch_row(krow + 4 * ldq, K);
-    }
-    prefetch_row(vbase + a * ldv, V);  // V is read right after this stage
-    if (a < s.pf_rows) {  // the next step's rows: a whole step of lead time over DRAM latency
-      prefetch_row_l2(static_cast<const T*>(s.pf_q) + a * ldq, K);
-      prefetch_row_l2(static_cast<const T*>(s.pf_k) + a * ldq, K);
-      prefetch_row_l2(static_cast<const T*>(s.pf_v) + a * ldv, V);
-    }
+    prefetch_token_rows(qbase, kbase, ldq, vbase, ldv, a, L, s);
     // Q: scaled row and its amax, then the codes + 128.
     __m512 m = _mm512_setzero_ps();
     for (int c = 0; c < K; c += 16) {
