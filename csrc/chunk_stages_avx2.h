@@ -39,7 +39,7 @@ static inline void store8(uint16_t* p, int n, __m256 x) {
 // one vpxor less per A broadcast in gemm_avx2); their padding is code 0, i.e. byte 0.
 constexpr bool kSignedA = true;
 
-// Codes of x[0, n_valid) / s (one row of Q or P, scale s from the row's amax) into
+// Codes of x[0, n_valid) / s (one row of P, scale s from the row's amax) into
 // dst[0, n_store); bytes in [n_valid, n_store) get code 0.
 static inline void codes_row(const float* x, float s, int n_valid, int n_store, uint8_t* dst) {
   const Divisor8 d = divisor8(_mm256_set1_ps(s));
@@ -272,6 +272,7 @@ static inline void quant_cols_packed(const T* x, int64_t ldx, int rows, int rows
         __m256i code[4];
         if (fast) {
           for (int i = 0; i < 4; ++i) xv[i] = load8(x + (r0 + i) * ldx + c, 8);
+          // codes8x4 with the scales' range test hoisted out of the row loop (fast_cols)
           const __m256 r[4] = {d[h].r, d[h].r, d[h].r, d[h].r};
           if (!codes8x4_fast(xv, r, code))
             for (int i = 0; i < 4; ++i) code[i] = vcodes8_in_range(xv[i], d[h].s);
