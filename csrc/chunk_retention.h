@@ -70,6 +70,7 @@ struct RecurrentParams {
   float* out;                // [T_total, H, V]
   float* final_state;        // [N, H, K, V]; may be init itself (the update is in place)
   int isa = 0;               // kIsa* of cpu_isa.h (checked against CPUID by the caller)
+  bool reverse = false;      // each thread walks its tasks last to first (recurrent_step.cpp)
 };
 
 int recurrent_retention_cpu(const RecurrentParams& p);  // status (see above)

@@ -112,6 +112,32 @@ static inline __m256i codes8(__m256 x, const Divisor8& d) {
   return _mm256_cvtps_epi32(n);  // n is an integer: exact
 }
 
+// Smallest scale for which codes8_fma is exact (see there); below it the residual x - t s can
+// fall into the subnormal range and lose bits.
+constexpr float kFmaCodesMinScale = 0x1p-100f;
+
+// The spec's codes rne(fl(x / s)), as floats, with two FMAs instead of a division and without a
+// near-tie test, for s >= kFmaCodesMinScale (a normal scale) and |x / s| <= 128. With
+// r = fl(1 / s) and t = fl(x r) (within 2^-23 |x / s| of z = x / s), the residual x - t s is
+// exact in one FMA (a 24-bit multiple of the product's last place: |x - t s| <= 2^-23 |x|; above
+// the subnormal range for |t| >= 1/4 when s >= 2^-100, and |t| < 1/4 gives the code 0 either
+// way), and t + (x - t s) r = z + (z - t)(s r - 1) lies within 2^-47 |z| of z: the second FMA
+// rounds it to fl(z) (Markstein's correction step) unless z is that close to a rounding midpoint,
+// and the two roundings can give different codes only at the midpoints next to a half-integer.
+// Those were checked for every significand of s in the binades 2^-100, 2^-60, 2^-1, 2^0, 2^1,
+// 2^30 and 2^120 (x within 16 ulps of fl(h s), every half-integer |h| <= 127.5; the binades
+// scale exactly), and tests/test_fma_codes.py repeats the check for 2^0 and the range's ends
+// through retquant::fma_codes_mismatches (fma_codes_check.cpp).
+static inline __m256 codes8_fma(__m256 x, __m256 s, __m256 r) {
+  const __m256 t = _mm256_mul_ps(x, r);
+  return rint8(_mm256_fmadd_ps(_mm256_fnmadd_ps(t, s, x), r, t));
+}
+
+// Whether every lane's scale allows codes8_fma.
+static inline bool fma_codes_apply8(__m256 s) {
+  return _mm256_movemask_ps(_mm256_cmp_ps(s, _mm256_set1_ps(kFmaCodesMinScale), _CMP_GE_OQ)) == 0xFF;
+}
+
 // codes8 of four vectors x[i] / s_i given the reciprocals r[i] of normal scales, with one
 // near-tie test for the four instead of one per vector. False on a near tie (rare; c is then
 // unset), for the caller's exact path.

@@ -44,7 +44,8 @@ static int run_tasks(const RecurrentParams& p, int64_t begin, int64_t end) {
   float *tmp = fbuf, *vf = fbuf + W, *amax = vf + W, *sS = amax + W;
   int32_t *qi = ibuf, *ki = ibuf + W, *acc = ki + W;
   int bad = 0;
-  for (int64_t task = begin; task < end; ++task) {
+  for (int64_t i = begin; i < end; ++i) {
+    const int64_t task = p.reverse ? begin + end - 1 - i : i;
     const int64_t n = task / H;
     const int h = static_cast<int>(task % H);
     float* S = p.final_state + (n * H + h) * kv;  // updated in place after the first token

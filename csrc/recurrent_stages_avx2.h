@@ -1,8 +1,9 @@
 // The per-token stages of the decode kernel with AVX2 intrinsics: the float32 operations of
-// recurrent_stages_portable.h in the same order, 8 lanes at a time. The K x V state is walked
-// in blocks of kBlock vectors of columns so that the column amax and the q . S accumulators stay
-// in registers; the check of the state read in is an integer max of the bits of |x| (no serial
-// add chain, no compare per vector).
+// recurrent_stages_portable.h, 8 lanes at a time, bit for bit. The K x V state is walked in
+// blocks of kBlock vectors of columns so that the column amax and the q . S accumulators stay in
+// registers; the check of the state read in is an integer max of the bits of |x| (no serial add
+// chain, no compare per vector); the state's codes for q . S take two FMAs instead of a division
+// (codes8_fma of quant_avx2.h).
 
 #include "quant_avx2.h"
 
@@ -88,52 +89,39 @@ static inline __m256 update_block(const float* src, float* S, int K, int V, int 
 // on Zen 3) and without converting the codes to int32.
 constexpr int kExactRows = 1024;
 
-// acc over columns [v0, v0 + 8 NV): S's codes per column (scales into sS) times q's codes.
+// acc over columns [v0, v0 + 8 NV): S's codes per column (scales into sS) times q's codes. The
+// rows are walked last to first: the block's 128-byte row pieces are V floats apart, so at
+// V = 128 they fall into 16 of L1's 64 sets and only about the last half of the rows the update
+// just wrote are still in L1; starting there reads them before the rest evicts them (the sum of
+// exact integer products does not depend on the order).
 template <int NV, bool kFull>
 static inline void dot_block(const float* S, int K, int V, int v0, const float* amax, float* sS,
                              const int32_t* qi, int32_t* acc) {
-  __m256 r[NV], fa[NV];
+  __m256 s[NV], r[NV], fa[NV];
   __m256i ac[NV];
-  bool fast = true;  // every column's scale normal: codes8's multiply-and-round applies
+  bool fast = true;  // every column's scale allows codes8_fma
   for (int j = 0; j < NV; ++j) {
-    const Divisor8 d = divisor8(vscale8(_mm256_loadu_ps(amax + v0 + 8 * j)));
-    _mm256_storeu_ps(sS + v0 + 8 * j, d.s);
-    r[j] = d.r;
-    fast = fast && d.in_range;
+    s[j] = vscale8(_mm256_loadu_ps(amax + v0 + 8 * j));
+    _mm256_storeu_ps(sS + v0 + 8 * j, s[j]);
+    r[j] = _mm256_div_ps(_mm256_set1_ps(1.f), s[j]);
+    fast = fast && fma_codes_apply8(s[j]);
     ac[j] = _mm256_setzero_si256();
   }
   const int left = V - v0;
-  for (int k0 = 0; k0 < K; k0 += kExactRows) {
-    const int k1 = K - k0 > kExactRows ? k0 + kExactRows : K;
+  for (int k1 = K; k1 > 0; k1 -= kExactRows) {
+    const int k0 = k1 > kExactRows ? k1 - kExactRows : 0;
     for (int j = 0; j < NV; ++j) fa[j] = _mm256_setzero_ps();
-    for (int k = k0; k < k1; ++k) {
+    for (int k = k1 - 1; k >= k0; --k) {
       const __m256 qk = _mm256_set1_ps(static_cast<float>(qi[k]));
       const float* row = S + static_cast<int64_t>(k) * V + v0;
       if (fast) {
-        // codes8 with one near-tie test per row of the block instead of one per vector. The
-        // rare near-tie row adds the difference of the spec's codes (true division; x and the
-        // scales reloaded from L1, which keeps fewer registers live) and the rounded products:
-        // small integers, so the correction is exact like the sum.
-        __m256 dist = _mm256_setzero_ps();
         for (int j = 0; j < NV; ++j) {
-          const __m256 t = _mm256_mul_ps(block_load<kFull>(row + 8 * j, left - 8 * j), r[j]);
-          const __m256 c = rint8(t);
-          dist = _mm256_max_ps(dist, tie_dist8(t, c));
+          const __m256 c = codes8_fma(block_load<kFull>(row + 8 * j, left - 8 * j), s[j], r[j]);
           fa[j] = _mm256_fmadd_ps(c, qk, fa[j]);
-        }
-        if (any8(near_tie8(dist))) {
-          asm volatile("" ::: "memory");  // reload x here rather than keep it live in the loop
-          for (int j = 0; j < NV; ++j) {
-            const __m256 x = block_load<kFull>(row + 8 * j, left - 8 * j);
-            const __m256 c = rint8(_mm256_mul_ps(x, r[j]));
-            const __m256 cs = rint8(_mm256_div_ps(x, _mm256_loadu_ps(sS + v0 + 8 * j)));
-            fa[j] = _mm256_fmadd_ps(_mm256_sub_ps(cs, c), qk, fa[j]);
-          }
         }
       } else {
         for (int j = 0; j < NV; ++j) {
-          const __m256 c = _mm256_cvtepi32_ps(vcodes8(block_load<kFull>(row + 8 * j, left - 8 * j),
-                                                      _mm256_loadu_ps(sS + v0 + 8 * j)));
+          const __m256 c = _mm256_cvtepi32_ps(vcodes8(block_load<kFull>(row + 8 * j, left - 8 * j), s[j]));
           fa[j] = _mm256_fmadd_ps(c, qk, fa[j]);
         }
       }

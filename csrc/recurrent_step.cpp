@@ -2,6 +2,7 @@
 // (sequence, head) grid over torch's threads; the loop body is recurrent_body.h, compiled here
 // for the baseline ISA, in recurrent_avx2.cpp for AVX2 and in recurrent_avx512.cpp for AVX-512
 // (p.isa, a kIsa* code of cpu_isa.h checked against CPUID by the caller).
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -24,12 +25,22 @@ namespace retquant {
 int recurrent_tasks_avx2(const RecurrentParams& p, int64_t begin, int64_t end);
 int recurrent_tasks_avx512(const RecurrentParams& p, int64_t begin, int64_t end);
 
-int recurrent_retention_cpu(const RecurrentParams& p) {
+// Calls so far, for the direction of the next one.
+static std::atomic<uint32_t> calls{0};
+
+int recurrent_retention_cpu(const RecurrentParams& params) {
   // Rejected tokens: return before any state is written (the state may be updated in place).
-  const int bad_tokens = scan_recurrent_tokens(p);
+  const int bad_tokens = scan_recurrent_tokens(params);
   if (bad_tokens != 0) return bad_tokens;
-  auto* tasks = p.isa == kIsaAvx512 ? recurrent_tasks_avx512
-                : (p.isa == kIsaAvx2 ? recurrent_tasks_avx2 : rec_portable::run_tasks);
+  auto* tasks = params.isa == kIsaAvx512 ? recurrent_tasks_avx512
+                : (params.isa == kIsaAvx2 ? recurrent_tasks_avx2 : rec_portable::run_tasks);
+  // Decode calls come one token after another on the same states: every other call walks each
+  // thread's (sequence, head) range backwards, so a call starts on the states the previous one
+  // touched last, still in that core's L2 (the grid splits the same way on every call). When the
+  // states outgrow L2, a fixed order would evict each one just before it is needed again. Which
+  // direction a call takes changes no result (the tasks are independent).
+  RecurrentParams p = params;
+  p.reverse = (calls.fetch_add(1, std::memory_order_relaxed) & 1u) != 0;
   return run_task_grid(p.N * p.H, "recurrent", [&p, tasks](int64_t begin, int64_t end) {
     return tasks(p, begin, end);
   });

@@ -137,6 +137,40 @@ def test_recurrent_matches_spec(varlen, isa):
     assert torch.equal(o, o_ref) and torch.equal(f, f_ref)
 
 
+def test_recurrent_calls_in_either_direction_match_spec(isa):
+    # Every other decode call walks each thread's (sequence, head) tasks backwards (L2 reuse,
+    # csrc/recurrent_step.cpp): two calls in a row take both directions, with one and two threads
+    q, k, v, s = _inputs(3, 1, 5, 32, 40, seed=5, init=True)
+    kw = dict(initial_state=s, output_final_state=True, quant="int8")
+    o_ref, f_ref = fused_recurrent_retention(q, k, v, backend="reference", **kw)
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            for _ in range(2):
+                o, f = fused_recurrent_retention(q, k, v, backend="cpu", **kw)
+                assert torch.equal(o, o_ref) and torch.equal(f, f_ref)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_recurrent_state_scales_around_the_fma_codes_bound(isa):
+    # The AVX2 decode quantizes the state's columns without a division when every scale of a
+    # block is >= 2^-100 (csrc/quant_avx2.h codes8_fma) and with it otherwise: columns whose
+    # scales run from 2^-103 to 2^-96 put blocks on both paths and lanes on both sides of the bound.
+    # v is 0 on those columns, so the state there only decays and its scales stay that small.
+    B, T, H, K, V = 2, 5, 2, 64, 72
+    q, k, v, s = _inputs(B, T, H, K, V, seed=4, init=True)
+    col = torch.arange(40, dtype=torch.float64)
+    s[..., :40] *= (127 * 2.0 ** (-103 + col / 5.0)).float() / s[..., :40].abs().amax(dim=2, keepdim=True)
+    v[..., :40] = 0.0
+    kw = dict(initial_state=s, output_final_state=True, quant="int8")
+    o_ref, f_ref = fused_recurrent_retention(q, k, v, backend="reference", **kw)
+    o, f = fused_recurrent_retention(q, k, v, backend="cpu", **kw)
+    assert f_ref[..., :40].abs().amax() < 127 * 2.0**-95  # the scales did stay around the bound
+    assert torch.equal(o, o_ref) and torch.equal(f, f_ref)
+
+
 def _ties(B, T, H, D, seed):
     """Tokens whose codes are exact half-integer ties: every row and column holds 3 * 127 (so
     its scale is 3 exactly, whose reciprocal is inexact) and otherwise values 3 (n + 0.5), so
