@@ -12,36 +12,52 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
-#include <limits>
+#include <cstring>
 
 #include "chunk_retention.h"
+#include "cpu_isa.h"
 
 namespace retquant {
 
-// Non-finite flag | range flag of n floats (times `mul`, as the kernel quantizes them) against
-// the range bound `lim` (chunk_retention.h); comparisons are false for NaN.
-inline int scan_range(const float* x, int64_t n, float mul, float lim, int nonfinite, int range) {
-  constexpr float kMax = std::numeric_limits<float>::max();
-  int bad_finite = 0, bad_range = 0;
+// The largest bits of |x| over n floats: a float's bits order like its magnitude, inf and NaN
+// above every finite one, so this one integer max is both the amax and the finiteness probe.
+// The AVX2 copy is in recurrent_avx2.cpp.
+inline uint32_t max_abs_bits_portable(const float* x, int64_t n) {
+  uint32_t m = 0;
   for (int64_t i = 0; i < n; ++i) {
-    bad_finite |= !(std::fabs(x[i]) <= kMax);
-    bad_range |= !(std::fabs(x[i] * mul) < lim);
+    uint32_t u;
+    std::memcpy(&u, x + i, 4);
+    u &= 0x7FFFFFFFu;
+    m = u > m ? u : m;
   }
-  return (bad_finite ? nonfinite : 0) | (bad_range ? range : 0);
+  return m;
+}
+uint32_t max_abs_bits_avx2(const float* x, int64_t n);
+
+// Non-finite flag | range flag of floats whose max_abs_bits is `bits` (times `mul`, as the kernel
+// quantizes them) against the range bound `lim` (chunk_retention.h): the flags of every element's
+// test, since |x * mul| rounds monotonically in |x| and inf or NaN times mul fails `< lim`.
+inline int range_flags(uint32_t bits, float mul, float lim, int nonfinite, int range) {
+  float amax;
+  std::memcpy(&amax, &bits, 4);
+  return (bits >= 0x7F800000u ? nonfinite : 0) | (std::fabs(amax * mul) < lim ? 0 : range);
 }
 
 // Flags (chunk_retention.h) of q, k, v outside the accepted range.
 inline int scan_recurrent_tokens(const RecurrentParams& p) {
   const int64_t T = p.offsets[p.N];
   const int64_t row_q = static_cast<int64_t>(p.H) * p.K, row_v = static_cast<int64_t>(p.H) * p.V;
+  // the portable copy when the portable kernels are forced (tests run every path), else AVX2
+  auto* max_bits = p.isa != kIsaPortable && cpu_has_avx2() ? max_abs_bits_avx2 : max_abs_bits_portable;
   std::atomic<int> flags{0};
   // Decode calls (a token or a few per sequence) stay on the calling thread.
   const int64_t grain = 1 + (int64_t{1} << 16) / (2 * row_q + row_v);
   at::parallel_for(0, T, grain, [&](int64_t begin, int64_t end) {
     const int64_t nq = (end - begin) * row_q, nv = (end - begin) * row_v;
-    flags.fetch_or(scan_range(p.q + begin * row_q, nq, p.scale, kMaxInputAbs, kNonFiniteQ, kRangeQ) |
-                   scan_range(p.k + begin * row_q, nq, 1.f, kMaxInputAbs, kNonFiniteK, kRangeK) |
-                   scan_range(p.v + begin * row_v, nv, 1.f, kMaxInputAbs, kNonFiniteV, kRangeV));
+    flags.fetch_or(
+        range_flags(max_bits(p.q + begin * row_q, nq), p.scale, kMaxInputAbs, kNonFiniteQ, kRangeQ) |
+        range_flags(max_bits(p.k + begin * row_q, nq), 1.f, kMaxInputAbs, kNonFiniteK, kRangeK) |
+        range_flags(max_bits(p.v + begin * row_v, nv), 1.f, kMaxInputAbs, kNonFiniteV, kRangeV));
   });
   return flags.load();
 }

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from retquant.backends import cpu, cpu_extension, cpu_ops
+from retquant.constants import QUANT_INPUT_MAX
 from retquant.ops import chunk_retention, fused_recurrent_retention, parallel_retention
 from retquant.spec.int_chunk import int_chunk_retention
 from retquant.validate import validate_call
@@ -265,6 +266,34 @@ def test_kernels_flag_nonfinite_inputs(op, name, bad, isa):
         op(q, k, v, initial_state=s, quant="int8", backend="cpu")
     x[idx] = 0.0
     op(q, k, v, initial_state=s, quant="int8", backend="cpu")  # finite again: runs
+
+
+@pytest.mark.parametrize("name", ["q", "k", "v"])
+def test_decode_token_scan_flags_every_position(name, isa):
+    # The decode kernel scans all tokens before it writes any state (csrc/token_check.h, an AVX2
+    # copy on AVX2 CPUs): the first, a middle and the last element (a partial vector: H K and H V
+    # are odd), inf/NaN, too large (|q * scale| for q) and the largest accepted value.
+    B, H, K, V = 3, 3, 37, 19
+    scale = 0.25
+    q, k, v, s = _inputs(B, 1, H, K, V, seed=6, init=True)
+    x = {"q": q, "k": k, "v": v}[name]
+    limit = QUANT_INPUT_MAX / scale if name == "q" else QUANT_INPUT_MAX
+    below = torch.tensor(limit, dtype=torch.float32).nextafter(torch.tensor(0.0)).item()
+    kw = dict(scale=scale, initial_state=s, quant="int8", backend="cpu")
+    for idx in [(0, 0, 0, 0), (1, 0, 1, x.shape[-1] // 2), (B - 1, 0, H - 1, x.shape[-1] - 1)]:
+        keep = x[idx].item()
+        for bad, match in [
+            (float("nan"), "holds inf or NaN"),
+            (-float("inf"), "holds inf or NaN"),
+            (-limit, "holds values too large"),
+        ]:
+            x[idx] = bad
+            with pytest.raises(ValueError, match=f"^{name} {match}"):
+                fused_recurrent_retention(q, k, v, **kw)
+        x[idx] = -below
+        o, _ = fused_recurrent_retention(q, k, v, **kw)
+        assert torch.isfinite(o).all()
+        x[idx] = keep
 
 
 def test_output_buffers_are_reused_safely(isa):
