@@ -5,7 +5,9 @@
 Times the int8 decode kernel (the registered op ``retquant::recurrent_fwd``, state updated in
 place, as ``RetentionDecoder.step`` calls it) and the in-place fp32 PyTorch step
 (:func:`bench.cpu.decode_step_fp32`) at B = 1, 2, 4, 8, fits ``time = fixed + per_head * B * H``
-by least squares, and times a 1 x 1 x 16 x 16 state (almost no work: the call's own cost). The
+by least squares, and times a 1 x 1 x 16 x 16 state (almost no work: the call's own cost), there
+also through ``RetentionDecoder.step`` and the public ``fused_recurrent_retention`` (argument
+checks, a new state tensor per call: what each API adds to the kernel op per token). The
 state grows from 0.5 to 4 MiB over the sweep (past the L2 of two cores at B >= 2): a per-head
 cost that does not rise with B says the state's trips beyond L2 are not what bounds the kernel.
 Medians of ``--repeats`` rounds of 64 tokens each (the int8 op and the fp32 step in turn).
@@ -22,6 +24,7 @@ from bench.cpu_peers import interleaved_median_times
 from retquant.backends import cpu_extension
 from retquant.backends.cpu_extension import cpu_name
 from retquant.decay import default_g_gamma, step_gamma
+from retquant.ops import RetentionDecoder, fused_recurrent_retention
 
 STEPS = 64
 
@@ -48,6 +51,31 @@ def _per_token_times(B, H, K, V, repeats, gen) -> tuple[float, float]:
 
     t_op, t_f32 = interleaved_median_times([op_steps, fp32_steps], repeats)
     return t_op / STEPS, t_f32 / STEPS
+
+
+def _api_call_times(repeats, gen) -> tuple[float, float]:
+    """Seconds per token of ``RetentionDecoder.step`` and of ``fused_recurrent_retention`` (int8,
+    cpu, state passed in and returned) on a 1 x 1 x 16 x 16 state."""
+    B, H, K, V = 1, 1, 16, 16
+    q, k = (torch.randn(STEPS, B, 1, H, K, generator=gen) for _ in range(2))
+    v = torch.randn(STEPS, B, 1, H, V, generator=gen)
+    S0 = torch.randn(B, H, K, V, generator=gen)
+    dec = RetentionDecoder(B, H, K, V, quant="int8", backend="cpu", initial_state=S0)
+    qd, kd, vd = (x.view(STEPS, B, H, -1) for x in (q, k, v))
+
+    def decoder_steps():
+        for t in range(STEPS):
+            dec.step(qd[t], kd[t], vd[t])
+
+    def op_steps():
+        S = S0
+        for t in range(STEPS):
+            _, S = fused_recurrent_retention(
+                q[t], k[t], v[t], initial_state=S, output_final_state=True, quant="int8", backend="cpu"
+            )
+
+    t_dec, t_op = interleaved_median_times([decoder_steps, op_steps], repeats)
+    return t_dec / STEPS, t_op / STEPS
 
 
 def _fit(xs, ys) -> tuple[float, float]:
@@ -78,6 +106,11 @@ def main(argv=None) -> None:
     print(
         f"1 x 1 x 16 x 16 state (the call's own cost): int8 op {tiny_op * 1e6:.1f} us, "
         f"fp32 step {tiny_f32 * 1e6:.1f} us"
+    )
+    t_dec, t_pub = _api_call_times(args.repeats, gen)
+    print(
+        f"  the same state through RetentionDecoder.step: {t_dec * 1e6:.1f} us, through "
+        f"fused_recurrent_retention (checks, new state): {t_pub * 1e6:.1f} us"
     )
     print(f"{'B':>2} {'state MiB':>9} | {'int8 op us':>10} {'fp32 us':>8} {'ratio':>6} | {'us/head':>8}")
     heads, t_op, t_f32 = [], [], []

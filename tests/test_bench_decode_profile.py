@@ -18,3 +18,4 @@ def test_tiny_run_prints_the_fit(capsys):
     decode_profile.main(["--H", "1", "--K", "16", "--V", "16", "--repeats", "1"])
     out = capsys.readouterr().out
     assert "fixed +" in out and "per head" in out and out.count("x |") == 4, out
+    assert "RetentionDecoder.step:" in out and "fused_recurrent_retention (checks, new state):" in out, out
