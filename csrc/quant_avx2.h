@@ -112,22 +112,26 @@ static inline __m256i codes8(__m256 x, const Divisor8& d) {
   return _mm256_cvtps_epi32(n);  // n is an integer: exact
 }
 
-// Smallest scale for which codes8_fma is exact (see there); below it the residual x - t s can
-// fall into the subnormal range and lose bits.
+// Smallest scale for which codes8_fma is exact (see there): below it the residual's rounding in
+// the subnormal range (up to 2^-150) is no longer small against the scale (the exhaustive check
+// finds different codes from 2^-103 down).
 constexpr float kFmaCodesMinScale = 0x1p-100f;
 
 // The spec's codes rne(fl(x / s)), as floats, with two FMAs instead of a division and without a
-// near-tie test, for s >= kFmaCodesMinScale (a normal scale) and |x / s| <= 128. With
-// r = fl(1 / s) and t = fl(x r) (within 2^-23 |x / s| of z = x / s), the residual x - t s is
-// exact in one FMA (a 24-bit multiple of the product's last place: |x - t s| <= 2^-23 |x|; above
-// the subnormal range for |t| >= 1/4 when s >= 2^-100, and |t| < 1/4 gives the code 0 either
-// way), and t + (x - t s) r = z + (z - t)(s r - 1) lies within 2^-47 |z| of z: the second FMA
-// rounds it to fl(z) (Markstein's correction step) unless z is that close to a rounding midpoint,
-// and the two roundings can give different codes only at the midpoints next to a half-integer.
-// Those were checked for every significand of s in the binades 2^-100, 2^-60, 2^-1, 2^0, 2^1,
-// 2^30 and 2^120 (x within 16 ulps of fl(h s), every half-integer |h| <= 127.5; the binades
-// scale exactly), and tests/test_fma_codes.py repeats the check for 2^0 and the range's ends
-// through retquant::fma_codes_mismatches (fma_codes_check.cpp).
+// near-tie test, for s >= kFmaCodesMinScale (a normal scale) and |x / s| <= 128. Let z = x / s,
+// r = fl(1 / s) = (1 + e) / s with |e| <= 2^-24, and t = fl(x r), within about 1.15 ulp of z.
+// The first FMA gives the residual x - t s = s (z - t) rounded once: relative error <= 2^-24,
+// or an absolute one <= 2^-150 in the subnormal range, which is <= 2^-50 s, small against
+// |x| >= s / 4 (for |z| < 1/4 the code is 0 either way). Before the second FMA rounds it,
+// t + fl(x - t s) r = z + (z - t) e + (rounding of the residual) r lies within about 2^-46 |z|
+// of z, so it rounds to fl(z) (Markstein's correction step) unless z is that close to a rounding
+// midpoint; and two adjacent floats give different codes only when one of them is a
+// half-integer h. So a code can differ only for z within 2^-46 |z| of h +- half an ulp, i.e. x
+// within about 1.5 ulp of fl(h s) (2 at a binade edge of x). Those x were checked exhaustively
+// for every significand of s in the binades 2^-100, 2^-60, 2^-1, 2^0, 2^1, 2^30, 2^120 and
+// 2^121 (the top one: s <= FLT_MAX / 127), x within 16 ulps of fl(h s) for every half-integer
+// |h| <= 127.5, with no difference (the binades scale exactly); tests/test_fma_codes.py repeats
+// it for the bottom, a middle and the top binade through retquant::fma_codes_mismatches.
 static inline __m256 codes8_fma(__m256 x, __m256 s, __m256 r) {
   const __m256 t = _mm256_mul_ps(x, r);
   return rint8(_mm256_fmadd_ps(_mm256_fnmadd_ps(t, s, x), r, t));

@@ -37,8 +37,10 @@ int recurrent_retention_cpu(const RecurrentParams& params) {
   // Decode calls come one token after another on the same states: every other call walks each
   // thread's (sequence, head) range backwards, so a call starts on the states the previous one
   // touched last, still in that core's L2 (the grid splits the same way on every call). When the
-  // states outgrow L2, a fixed order would evict each one just before it is needed again. Which
-  // direction a call takes changes no result (the tasks are independent).
+  // states outgrow L2, a fixed order would evict each one just before it is needed again. This
+  // pays off when the same states are stepped call after call (one decoder, the benchmark's
+  // loop); a model with a decoder per layer steps the other layers' states in between, which
+  // evict them anyway. Which direction a call takes changes no result (independent tasks).
   RecurrentParams p = params;
   p.reverse = (calls.fetch_add(1, std::memory_order_relaxed) & 1u) != 0;
   return run_task_grid(p.N * p.H, "recurrent", [&p, tasks](int64_t begin, int64_t end) {

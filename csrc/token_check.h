@@ -54,10 +54,13 @@ inline int scan_recurrent_tokens(const RecurrentParams& p) {
   const int64_t grain = 1 + (int64_t{1} << 16) / (2 * row_q + row_v);
   at::parallel_for(0, T, grain, [&](int64_t begin, int64_t end) {
     const int64_t nq = (end - begin) * row_q, nv = (end - begin) * row_v;
-    flags.fetch_or(
-        range_flags(max_bits(p.q + begin * row_q, nq), p.scale, kMaxInputAbs, kNonFiniteQ, kRangeQ) |
-        range_flags(max_bits(p.k + begin * row_q, nq), 1.f, kMaxInputAbs, kNonFiniteK, kRangeK) |
-        range_flags(max_bits(p.v + begin * row_v, nv), 1.f, kMaxInputAbs, kNonFiniteV, kRangeV));
+    // (no element, no flag: not even 0 times a NaN scale)
+    auto scan = [&](const float* x, int64_t n, float mul, int nonfinite, int range) {
+      return n == 0 ? 0 : range_flags(max_bits(x, n), mul, kMaxInputAbs, nonfinite, range);
+    };
+    flags.fetch_or(scan(p.q + begin * row_q, nq, p.scale, kNonFiniteQ, kRangeQ) |
+                   scan(p.k + begin * row_q, nq, 1.f, kNonFiniteK, kRangeK) |
+                   scan(p.v + begin * row_v, nv, 1.f, kNonFiniteV, kRangeV));
   });
   return flags.load();
 }

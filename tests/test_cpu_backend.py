@@ -140,9 +140,12 @@ def test_recurrent_matches_spec(varlen, isa):
 
 def test_recurrent_calls_in_either_direction_match_spec(isa):
     # Every other decode call walks each thread's (sequence, head) tasks backwards (L2 reuse,
-    # csrc/recurrent_step.cpp): two calls in a row take both directions, with one and two threads
-    q, k, v, s = _inputs(3, 1, 5, 32, 40, seed=5, init=True)
-    kw = dict(initial_state=s, output_final_state=True, quant="int8")
+    # csrc/recurrent_step.cpp): two calls in a row take both directions, with one and two threads;
+    # packed sequences of 1, 3 and 5 tokens carry their state across tokens within a task
+    q, k, v, _ = _inputs(1, 9, 5, 32, 40, seed=5)
+    cu = torch.tensor([0, 1, 4, 9])
+    s = torch.randn(3, 5, 32, 40, generator=torch.Generator().manual_seed(5))
+    kw = dict(initial_state=s, output_final_state=True, cu_seqlens=cu, quant="int8")
     o_ref, f_ref = fused_recurrent_retention(q, k, v, backend="reference", **kw)
     threads = torch.get_num_threads()
     try:
@@ -157,18 +160,24 @@ def test_recurrent_calls_in_either_direction_match_spec(isa):
 
 def test_recurrent_state_scales_around_the_fma_codes_bound(isa):
     # The AVX2 decode quantizes the state's columns without a division when every scale of a
-    # block is >= 2^-100 (csrc/quant_avx2.h codes8_fma) and with it otherwise: columns whose
-    # scales run from 2^-103 to 2^-96 put blocks on both paths and lanes on both sides of the bound.
-    # v is 0 on those columns, so the state there only decays and its scales stay that small.
+    # block of 32 columns is >= 2^-100 (csrc/quant_avx2.h codes8_fma), with it otherwise: block 0
+    # holds scales from 2^-103 up to just below the bound (the division), block 1 scales in
+    # [2^-100, 2^-99) (the FMA form right at its bound), the last 8 columns normal ones. v is 0
+    # on the first 64 columns, so the state there only decays and its scales stay where they are.
     B, T, H, K, V = 2, 5, 2, 64, 72
     q, k, v, s = _inputs(B, T, H, K, V, seed=4, init=True)
-    col = torch.arange(40, dtype=torch.float64)
-    s[..., :40] *= (127 * 2.0 ** (-103 + col / 5.0)).float() / s[..., :40].abs().amax(dim=2, keepdim=True)
-    v[..., :40] = 0.0
+    col = torch.arange(64, dtype=torch.float64)
+    exponent = torch.where(col < 32, -103 + 2.9 * col / 32, -99.75 + 0.7 * (col - 32) / 32)
+    s[..., :64] *= (127 * 2.0**exponent).float() / s[..., :64].abs().amax(dim=2, keepdim=True)
+    v[..., :64] = 0.0
     kw = dict(initial_state=s, output_final_state=True, quant="int8")
     o_ref, f_ref = fused_recurrent_retention(q, k, v, backend="reference", **kw)
     o, f = fused_recurrent_retention(q, k, v, backend="cpu", **kw)
-    assert f_ref[..., :40].abs().amax() < 127 * 2.0**-95  # the scales did stay around the bound
+    # the state decays by at most 2^-0.046 per token over 5 tokens (default g_gamma): the scales
+    # of block 1 stay in [2^-100, 2^-99), those of block 0 below 2^-100
+    scales = f_ref[..., :64].abs().amax(dim=2) / 127
+    assert (scales[..., 32:] >= 2.0**-100).all() and (scales[..., 32:] < 2.0**-99).all()
+    assert (scales[..., :32] < 2.0**-100).all()
     assert torch.equal(o, o_ref) and torch.equal(f, f_ref)
 
 
@@ -270,30 +279,31 @@ def test_kernels_flag_nonfinite_inputs(op, name, bad, isa):
 
 @pytest.mark.parametrize("name", ["q", "k", "v"])
 def test_decode_token_scan_flags_every_position(name, isa):
-    # The decode kernel scans all tokens before it writes any state (csrc/token_check.h, an AVX2
-    # copy on AVX2 CPUs): the first, a middle and the last element (a partial vector: H K and H V
-    # are odd), inf/NaN, too large (|q * scale| for q) and the largest accepted value.
+    # The decode kernel scans all tokens before it writes any state (csrc/token_check.h; the AVX2
+    # copy keeps four vector maxima over 32 floats per step, then a partial vector): elements in
+    # each of the four, the middle and the last one (H K and H V are odd), inf/NaN, too large
+    # (|q * scale| for q) and the largest accepted value.
     B, H, K, V = 3, 3, 37, 19
     scale = 0.25
     q, k, v, s = _inputs(B, 1, H, K, V, seed=6, init=True)
-    x = {"q": q, "k": k, "v": v}[name]
+    x = {"q": q, "k": k, "v": v}[name].view(-1)  # the inputs are contiguous: a view
     limit = QUANT_INPUT_MAX / scale if name == "q" else QUANT_INPUT_MAX
     below = torch.tensor(limit, dtype=torch.float32).nextafter(torch.tensor(0.0)).item()
     kw = dict(scale=scale, initial_state=s, quant="int8", backend="cpu")
-    for idx in [(0, 0, 0, 0), (1, 0, 1, x.shape[-1] // 2), (B - 1, 0, H - 1, x.shape[-1] - 1)]:
-        keep = x[idx].item()
+    for i in [0, 9, 18, 27, x.numel() // 2, x.numel() - 1]:
+        keep = x[i].item()
         for bad, match in [
             (float("nan"), "holds inf or NaN"),
             (-float("inf"), "holds inf or NaN"),
             (-limit, "holds values too large"),
         ]:
-            x[idx] = bad
+            x[i] = bad
             with pytest.raises(ValueError, match=f"^{name} {match}"):
                 fused_recurrent_retention(q, k, v, **kw)
-        x[idx] = -below
+        x[i] = -below
         o, _ = fused_recurrent_retention(q, k, v, **kw)
         assert torch.isfinite(o).all()
-        x[idx] = keep
+        x[i] = keep
 
 
 def test_output_buffers_are_reused_safely(isa):
