@@ -130,8 +130,9 @@ constexpr float kFmaCodesMinScale = 0x1p-100f;
 // within about 1.5 ulp of fl(h s) (2 at a binade edge of x). Those x were checked exhaustively
 // for every significand of s in the binades 2^-100, 2^-60, 2^-1, 2^0, 2^1, 2^30, 2^120 and
 // 2^121 (the top one: s <= FLT_MAX / 127), x within 16 ulps of fl(h s) for every half-integer
-// |h| <= 127.5, with no difference (the binades scale exactly); tests/test_fma_codes.py repeats
-// it for the bottom, a middle and the top binade through retquant::fma_codes_mismatches.
+// |h| <= 127.5, with no difference (the binades scale exactly): fma_codes_mismatches(e, 16) of
+// fma_codes_check.cpp for each; tests/test_fma_codes.py runs it for the bottom, a middle and the
+// top binade.
 static inline __m256 codes8_fma(__m256 x, __m256 s, __m256 r) {
   const __m256 t = _mm256_mul_ps(x, r);
   return rint8(_mm256_fmadd_ps(_mm256_fnmadd_ps(t, s, x), r, t));
