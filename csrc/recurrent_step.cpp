@@ -22,6 +22,15 @@
 
 namespace retquant {
 
+uint32_t max_abs_bits_portable(const float* x, int64_t n) {
+  uint32_t m = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t a = rec_portable::abs_bits(x[i]);
+    m = a > m ? a : m;
+  }
+  return m;
+}
+
 int recurrent_tasks_avx2(const RecurrentParams& p, int64_t begin, int64_t end);
 int recurrent_tasks_avx512(const RecurrentParams& p, int64_t begin, int64_t end);
 

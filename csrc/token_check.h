@@ -19,19 +19,11 @@
 
 namespace retquant {
 
-// The largest bits of |x| over n floats: a float's bits order like its magnitude, inf and NaN
-// above every finite one, so this one integer max is both the amax and the finiteness probe.
-// The AVX2 copy is in recurrent_avx2.cpp.
-inline uint32_t max_abs_bits_portable(const float* x, int64_t n) {
-  uint32_t m = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    uint32_t u;
-    std::memcpy(&u, x + i, 4);
-    u &= 0x7FFFFFFFu;
-    m = u > m ? u : m;
-  }
-  return m;
-}
+// The largest bits of |x| over n floats (abs_bits of quant.h: a float's bits order like its
+// magnitude, inf and NaN above every finite one, so this one integer max is both the amax and
+// the finiteness probe): the baseline copy in recurrent_step.cpp, the AVX2 one in
+// recurrent_avx2.cpp.
+uint32_t max_abs_bits_portable(const float* x, int64_t n);
 uint32_t max_abs_bits_avx2(const float* x, int64_t n);
 
 // Non-finite flag | range flag of floats whose max_abs_bits is `bits` (times `mul`, as the kernel
@@ -40,7 +32,7 @@ uint32_t max_abs_bits_avx2(const float* x, int64_t n);
 inline int range_flags(uint32_t bits, float mul, float lim, int nonfinite, int range) {
   float amax;
   std::memcpy(&amax, &bits, 4);
-  return (bits >= 0x7F800000u ? nonfinite : 0) | (std::fabs(amax * mul) < lim ? 0 : range);
+  return (std::isfinite(amax) ? 0 : nonfinite) | (std::fabs(amax * mul) < lim ? 0 : range);
 }
 
 // Flags (chunk_retention.h) of q, k, v outside the accepted range.
