@@ -139,6 +139,30 @@ def decode_step_fp32(q, k, v, S, gamma, scale):
     return torch.bmm((q * scale).reshape(B * H, 1, K), Sf).view(B, H, V)
 
 
+def api_decode_loops(q, k, v, S0, g_gamma, scale):
+    """Two per-token loops over tokens ``q, k [steps, B, 1, H, K]``, ``v [steps, B, 1, H, V]``:
+    ``RetentionDecoder.step`` (int8, cpu, state in place: the serving API) and the public
+    ``fused_recurrent_retention`` (int8, cpu; full argument checks, a new state tensor per token),
+    both from state ``S0``."""
+    steps, B, _, H, K = q.shape
+    V = v.shape[-1]
+    kw = dict(scale=scale, g_gamma=g_gamma, quant="int8", backend="cpu")
+    dec = RetentionDecoder(B, H, K, V, initial_state=S0, **kw)
+    qd, kd, vd = (x.view(steps, B, H, -1) for x in (q, k, v))  # per token: contiguous [B, H, D]
+
+    def decoder_steps():
+        for t in range(steps):
+            dec.step(qd[t], kd[t], vd[t])
+
+    def public_op_steps():
+        S = S0
+        for t in range(steps):
+            _, S = fused_recurrent_retention(q[t], k[t], v[t], initial_state=S, output_final_state=True, **kw)
+        return S
+
+    return decoder_steps, public_op_steps
+
+
 def main(argv=None):
     args = parse_shape_args(argv, __doc__)
     B, T, H, K, V = args.B, args.T, args.H, args.K, args.V
@@ -243,27 +267,7 @@ def _decode(B, H, K, V, gg, scale, gen, R):
     v = torch.randn(steps, B, 1, H, V, generator=gen)
     S0 = torch.randn(B, H, K, V, generator=gen)
     gamma = torch.exp(gg).float()
-
-    def int8_steps():
-        S = S0
-        for t in range(steps):
-            _, S = fused_recurrent_retention(
-                q[t],
-                k[t],
-                v[t],
-                initial_state=S,
-                output_final_state=True,
-                g_gamma=gg,
-                quant="int8",
-                backend="cpu",
-            )
-        return S
-
-    dec = RetentionDecoder(B, H, K, V, scale=scale, g_gamma=gg, quant="int8", backend="cpu", initial_state=S0)
-
-    def decoder_steps():
-        for t in range(steps):
-            dec.step(qf[t], kf[t], vf[t])
+    decoder_steps, int8_steps = api_decode_loops(q, k, v, S0, gg, scale)
 
     def fp32_steps():
         S = S0.clone()

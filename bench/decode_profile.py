@@ -19,12 +19,11 @@ import argparse
 
 import torch
 
-from bench.cpu import decode_step_fp32
+from bench.cpu import api_decode_loops, decode_step_fp32
 from bench.cpu_peers import interleaved_median_times
 from retquant.backends import cpu_extension
 from retquant.backends.cpu_extension import cpu_name
 from retquant.decay import default_g_gamma, step_gamma
-from retquant.ops import RetentionDecoder, fused_recurrent_retention
 
 STEPS = 64
 
@@ -60,21 +59,8 @@ def _api_call_times(repeats, gen) -> tuple[float, float]:
     q, k = (torch.randn(STEPS, B, 1, H, K, generator=gen) for _ in range(2))
     v = torch.randn(STEPS, B, 1, H, V, generator=gen)
     S0 = torch.randn(B, H, K, V, generator=gen)
-    dec = RetentionDecoder(B, H, K, V, quant="int8", backend="cpu", initial_state=S0)
-    qd, kd, vd = (x.view(STEPS, B, H, -1) for x in (q, k, v))
-
-    def decoder_steps():
-        for t in range(STEPS):
-            dec.step(qd[t], kd[t], vd[t])
-
-    def op_steps():
-        S = S0
-        for t in range(STEPS):
-            _, S = fused_recurrent_retention(
-                q[t], k[t], v[t], initial_state=S, output_final_state=True, quant="int8", backend="cpu"
-            )
-
-    t_dec, t_op = interleaved_median_times([decoder_steps, op_steps], repeats)
+    loops = api_decode_loops(q, k, v, S0, default_g_gamma(H), K**-0.5)
+    t_dec, t_op = interleaved_median_times(list(loops), repeats)
     return t_dec / STEPS, t_op / STEPS
 
 
