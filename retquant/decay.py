@@ -10,6 +10,7 @@ would make the integer specification depend on the device.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -22,15 +23,24 @@ from retquant.constants import CHUNK_SIZE, DECAY_BASE_EXP, FUSED_DECAY_MAX_LOG2
 def default_g_gamma(num_heads: int, device=None) -> torch.Tensor:
     """RetNet's per-head log-decay, ``log(1 - 2**(-5 - h))``, as float64 of shape ``[H]``.
 
+    A new tensor on every call (callers may write to it); the values are computed once per
+    ``num_heads`` (a decode loop asks for them at every token).
+
     Example:
         >>> default_g_gamma(2)
         tensor([-0.0317, -0.0157], dtype=torch.float64)
     """
-    if not isinstance(num_heads, int) or num_heads < 1:
+    if not isinstance(num_heads, int) or isinstance(num_heads, bool) or num_heads < 1:
         raise ValueError(f"num_heads must be a positive int, got {num_heads!r}")
+    return torch.tensor(_default_g_gamma_values(num_heads), dtype=torch.float64, device=device)
+
+
+@functools.lru_cache(maxsize=64)
+def _default_g_gamma_values(num_heads: int) -> tuple[float, ...]:
     h = torch.arange(num_heads, dtype=torch.float64)
-    # on the CPU, then moved: log1p is not correctly rounded on every device (see module doc)
-    return torch.log1p(-torch.pow(2.0, DECAY_BASE_EXP - h)).to(device)
+    # on the CPU: log1p is not correctly rounded on every device (see module doc); the float64
+    # values round-trip through Python floats exactly
+    return tuple(torch.log1p(-torch.pow(2.0, DECAY_BASE_EXP - h)).tolist())
 
 
 def decay_key(g_gamma: torch.Tensor) -> tuple[float, ...]:
@@ -145,11 +155,38 @@ def last_chunk_lengths(seq_lengths, chunk_size: int = CHUNK_SIZE) -> set[int]:
     return {(n - 1) % chunk_size + 1 for n in seq_lengths}
 
 
-# Kernel decay tables per distinct (g_gamma, chunk size), least recently used first. Bounded: a
-# model with learned decays passes a new g_gamma at every call, and each entry holds ~0.35 MB
-# (H=8). The CPU kernels read them as they are; the Triton launchers keep device copies.
+# Kernel decay tables per distinct (g_gamma, chunk size), and decode decays per distinct g_gamma,
+# least recently used first. Bounded: a model with learned decays passes a new g_gamma at every
+# call, and a table entry holds ~0.35 MB (H=8). The CPU kernels read them as they are; the
+# Triton launchers keep device copies.
 KERNEL_TABLE_CACHE_SIZE = 16
 _KERNEL_TABLES: OrderedDict[tuple, dict] = OrderedDict()
+_STEP_GAMMAS: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+
+
+def _lru_entry(cache: OrderedDict, key, build):
+    """``cache[key]``, built by ``build()`` when missing; keeps the KERNEL_TABLE_CACHE_SIZE most
+    recently used keys."""
+    entry = cache.get(key)
+    if entry is not None:
+        cache.move_to_end(key)
+        return entry
+    entry = cache[key] = build()
+    while len(cache) > KERNEL_TABLE_CACHE_SIZE:
+        cache.popitem(last=False)
+    return entry
+
+
+def kernel_step_gamma(g_gamma: torch.Tensor) -> torch.Tensor:
+    """:func:`step_gamma` as the CPU decode kernel reads it (float32, contiguous, on the CPU),
+    cached per distinct decay like :func:`kernel_decay_tables`; shared: read, never write.
+
+    Example:
+        >>> kernel_step_gamma(torch.tensor([-0.5], dtype=torch.float64))
+        tensor([0.6065])
+    """
+    g = g_gamma.detach().to("cpu", torch.float64)
+    return _lru_entry(_STEP_GAMMAS, decay_key(g), lambda: step_gamma(g).contiguous())
 
 
 def kernel_decay_tables(g_gamma: torch.Tensor, lengths, chunk_size: int = CHUNK_SIZE) -> dict:
@@ -166,14 +203,11 @@ def kernel_decay_tables(g_gamma: torch.Tensor, lengths, chunk_size: int = CHUNK_
         (torch.Size([2, 65, 64]), [5, 64])
     """
     g = g_gamma.detach().to("cpu", torch.float64)
-    key = (decay_key(g), chunk_size)
-    entry = _KERNEL_TABLES.get(key)
-    if entry is not None:
-        _KERNEL_TABLES.move_to_end(key)
-    else:
+
+    def build():
         full = chunk_decay_tables(g, chunk_size, chunk_size)
         H, C = g.numel(), chunk_size
-        entry = {
+        return {
             "row": full.row.contiguous(),
             "col": full.col.contiguous(),
             "mask": full.mask.contiguous(),
@@ -183,9 +217,8 @@ def kernel_decay_tables(g_gamma: torch.Tensor, lengths, chunk_size: int = CHUNK_
             "chunk": torch.zeros(H, C + 1),
             "filled": set(),
         }
-        _KERNEL_TABLES[key] = entry
-        while len(_KERNEL_TABLES) > KERNEL_TABLE_CACHE_SIZE:
-            _KERNEL_TABLES.popitem(last=False)
+
+    entry = _lru_entry(_KERNEL_TABLES, (decay_key(g), chunk_size), build)
     for L in {chunk_size, *lengths}:
         if L not in entry["filled"]:
             t = chunk_decay_tables(g, L, chunk_size)

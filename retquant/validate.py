@@ -21,7 +21,8 @@ own checks while they read the inputs):
 Two layers: :func:`check_static` looks only at types, shapes, dtypes and devices (what
 torch.compile can trace without a graph break), :func:`validate_call` adds the checks that read
 values (``cu_seqlens`` bounds, ``g_gamma`` range) and builds the :class:`RetentionCall` every
-backend receives. The ops run the first in Python and the second inside their custom op.
+backend receives. The ops run the first in Python and the second inside their custom op; called
+eagerly they run the value checks alone (:func:`complete_call`) on what the first returned.
 
 Example:
     >>> q = torch.full((1, 4, 1, 8), 1e19); v = torch.full((1, 4, 1, 8), 1e-20)
@@ -193,11 +194,13 @@ def _check_chunk_size(chunk_size) -> None:
 @dataclass(frozen=True)
 class StaticArgs:
     """What :func:`check_static` resolves: the float scale, the quantization config (or None)
-    and the float64 ``g_gamma [H]`` tensor (its values are checked by :func:`validate_call`)."""
+    and the float64 ``g_gamma [H]`` tensor; ``g_gamma_checked``: its values are known valid (the
+    default, or a non-tensor the check resolved), else :func:`complete_call` checks them."""
 
     scale: float
     quant: RetentionQuantConfig | None
     g_gamma: torch.Tensor
+    g_gamma_checked: bool = False
 
 
 def check_static(
@@ -251,6 +254,7 @@ def check_static(
             )
         if initial_state.device != q.device:
             raise ValueError(f"initial_state must be on {q.device}, got {initial_state.device}")
+    checked = True
     if g_gamma is None:
         g = default_g_gamma(H, device=q.device)
     elif isinstance(g_gamma, torch.Tensor):
@@ -259,9 +263,11 @@ def check_static(
         if g_gamma.shape != (H,):
             raise ValueError(f"g_gamma must have shape [H]=[{H}], got {list(g_gamma.shape)}")
         g = g_gamma.detach().to(device=q.device, dtype=torch.float64)
+        checked = False  # values: complete_call (reading them may wait for a device)
     else:
         g = resolve_g_gamma(g_gamma, H, device=q.device)
-    return StaticArgs(scale=_check_scale(scale, K), quant=resolve_quant(quant), g_gamma=g)
+    scale = _check_scale(scale, K)
+    return StaticArgs(scale=scale, quant=resolve_quant(quant), g_gamma=g, g_gamma_checked=checked)
 
 
 def validate_call(
@@ -286,6 +292,27 @@ def validate_call(
     static = check_static(
         q, k, v, scale, initial_state, output_final_state, cu_seqlens, g_gamma, quant, chunk_size
     )
+    return complete_call(static, q, k, v, initial_state, output_final_state, cu_seqlens)
+
+
+def complete_call(
+    static: StaticArgs,
+    q,
+    k,
+    v,
+    initial_state,
+    output_final_state: bool,
+    cu_seqlens,
+) -> RetentionCall:
+    """The checks of :func:`validate_call` that :func:`check_static` leaves (values of
+    ``cu_seqlens`` and of a user's ``g_gamma`` tensor, meta tensors with ``quant``), on the
+    arguments ``static`` came from: a caller that ran check_static does not run it twice.
+
+    Example:
+        >>> q = k = v = torch.randn(1, 8, 2, 4)
+        >>> complete_call(check_static(q, k, v), q, k, v, None, False, None).scale
+        0.5
+    """
     if static.quant is not None and q.device.type == "meta":
         # The quantization scales are functions of the values, which meta tensors do not have
         # (the ops themselves infer shapes on meta tensors through their fake implementation).
@@ -296,13 +323,13 @@ def validate_call(
     cs = None if cu_seqlens is None else _check_cu_seqlens(cu_seqlens, q.shape[0], q.shape[1])
     # Finiteness of the inputs is checked after backend selection (RetentionCall.check_finite, or
     # inside kernels that see every input element anyway): it is a full pass over the inputs.
+    g = static.g_gamma if static.g_gamma_checked else resolve_g_gamma(static.g_gamma, q.shape[2], q.device)
     return RetentionCall(
         q=q,
         k=k,
         v=v,
         scale=static.scale,
-        # the default is valid by construction; a user's g_gamma gets its value check here
-        g_gamma=static.g_gamma if g_gamma is None else resolve_g_gamma(static.g_gamma, q.shape[2], q.device),
+        g_gamma=g,
         initial_state=initial_state,
         output_final_state=output_final_state,
         cu_seqlens=cs,

@@ -11,7 +11,7 @@ import torch
 
 from retquant import decay
 from retquant.backends import cpu_extension, cpu_ops
-from retquant.ops import chunk_retention
+from retquant.ops import chunk_retention, fused_recurrent_retention
 from retquant.quant.config import RetentionQuantConfig
 from retquant.spec.int_chunk import int_chunk_retention
 
@@ -36,6 +36,28 @@ def test_decay_table_cache_is_bounded_lru():
     first = next(iter(decay._KERNEL_TABLES))
     decay.kernel_decay_tables(torch.tensor(first[0], dtype=torch.float64), ())
     assert next(reversed(decay._KERNEL_TABLES)) == first
+
+
+def test_decode_decay_cache_is_bounded_and_keyed_by_value():
+    # The decode kernel's float32 gamma per distinct g_gamma: bounded like the tables, and a new
+    # decay (or one evicted and computed again) gives the specification's result.
+    H, K, V = 2, 16, 8
+    q, k, v = torch.randn(1, 1, H, K), torch.randn(1, 1, H, K), torch.randn(1, 1, H, V)
+    s0 = torch.randn(1, H, K, V)
+    decay._STEP_GAMMAS.clear()
+    for i in range(3 * decay.KERNEL_TABLE_CACHE_SIZE):
+        g = torch.tensor([-0.01 - 1e-4 * i, -0.2 - 1e-3 * i], dtype=torch.float64)
+        kw = dict(initial_state=s0, output_final_state=True, g_gamma=g, quant="int8")
+        o, s = fused_recurrent_retention(q, k, v, backend="cpu", **kw)
+        assert len(decay._STEP_GAMMAS) <= decay.KERNEL_TABLE_CACHE_SIZE
+        if i % 7 == 0 or i == 3 * decay.KERNEL_TABLE_CACHE_SIZE - 1:
+            o_ref, s_ref = fused_recurrent_retention(q, k, v, backend="reference", **kw)
+            assert torch.equal(o, o_ref) and torch.equal(s, s_ref)
+    assert len(decay._STEP_GAMMAS) == decay.KERNEL_TABLE_CACHE_SIZE
+    # the entry is the float32 gamma of its key, and a hit hands out the same tensor
+    key, gamma = next(reversed(decay._STEP_GAMMAS.items()))
+    assert torch.equal(gamma, torch.exp(torch.tensor(key, dtype=torch.float64)).float())
+    assert decay.kernel_step_gamma(torch.tensor(key, dtype=torch.float64)) is gamma
 
 
 def _chunk_out(T: int) -> torch.Tensor:

@@ -26,7 +26,7 @@ import torch
 from retquant import decay
 from retquant.backends import cpu_extension
 from retquant.constants import CHUNK_SIZE
-from retquant.decay import kernel_decay_tables, step_gamma
+from retquant.decay import kernel_decay_tables, kernel_step_gamma
 from retquant.validate import check_quant_inputs, nonfinite_error, range_error
 
 # csrc/chunk_retention.h: per input, the non-finite flag and the out-of-range flag
@@ -142,7 +142,7 @@ def recurrent_int8(
     out_shape, state_shape = output_shapes(q, v, offsets)
     out = torch.empty(out_shape, dtype=torch.float32)
     final = ops.empty_cached(list(state_shape), torch.float32)
-    gamma = step_gamma(g_gamma).contiguous()  # no chunk tables for a decode call
+    gamma = kernel_step_gamma(g_gamma)  # no chunk tables for a decode call
     status = ops.recurrent_fwd(
         q, k, v, offsets, scale, gamma, initial_state, out, final, cpu_extension.isa_code()
     )

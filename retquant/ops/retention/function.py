@@ -33,7 +33,7 @@ from retquant.ops.retention.quantized_operands import (
     saved_shapes,
 )
 from retquant.quant.config import RetentionQuantConfig, config_from_key
-from retquant.validate import StaticArgs, validate_call
+from retquant.validate import RetentionCall, StaticArgs, complete_call, validate_call
 
 FORMS = ("chunk", "fused_recurrent", "parallel")
 
@@ -67,11 +67,16 @@ def forward_impl(
         raise ValueError(f"op must be one of {FORMS}, got {op!r}")
     config = config_from_key(quant)
     call = validate_call(q, k, v, scale, initial_state, True, cu_seqlens, g_gamma, config)
+    return _run(op, call, backend, save)
+
+
+def _run(op: str, call: RetentionCall, backend: str, save: bool):
+    """:func:`forward_impl` on a validated call."""
     name, impl = select(op, call, backend or None)
-    if not (save and config is not None):
+    if not (save and call.quant is not None):
         o, final = impl(call)
         return _dense(o), _dense(final), []
-    _check_backward_config(config)
+    _check_backward_config(call.quant)
     if name == "reference":  # the spec's own codes (stochastic rounding included)
         o, final, traces = reference.run_traced(op, call)
         saved = from_traces(op, call, traces)
@@ -215,6 +220,7 @@ def run_form(
     # the custom op also when tracing, and for meta tensors (shape inference: its fake impl)
     if save or torch.compiler.is_compiling() or q.device.type == "meta":
         o, final, _ = retention(*args, save)
-    else:
-        o, final, _ = forward_impl(*args, False)
+    else:  # forward_impl without repeating check_static (tens of microseconds: a decode step's)
+        call = complete_call(static, q, k, v, initial_state, True, cu_seqlens)
+        o, final, _ = _run(op, call, backend or "", False)
     return o, (final if output_final_state else None)
