@@ -9,8 +9,11 @@ from retquant.backends import cpu_extension
 
 @pytest.fixture
 def gen():
-    """A fresh, seeded generator per test (fresh random inputs, reproducible on failure)."""
-    return torch.Generator().manual_seed(torch.seed() % 2**31)
+    """A fresh, seeded generator per test (fresh random inputs, reproducible on failure: the
+    seed is printed, and pytest shows it with a failure)."""
+    seed = torch.seed() % 2**31
+    print(f"gen seed={seed}")
+    return torch.Generator().manual_seed(seed)
 
 
 @pytest.fixture(params=list(cpu_extension.ISA_CODES))

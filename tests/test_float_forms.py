@@ -23,16 +23,32 @@ def rel(a, b):
 @pytest.mark.parametrize("B,T,H,K,V", SHAPES)
 @pytest.mark.parametrize("with_state", [False, True])
 def test_three_forms_agree(gen, B, T, H, K, V, with_state):
+    """Elementwise within 1e-10 of the magnitude of the terms each output sums (the parallel
+    form on |q|, |k|, |v|, |s0|; float64 rounding leaves ~1e-15 of it): a norm-relative bound
+    fails by chance where the terms cancel, e.g. the 4 outputs of the 1-token shape, which share
+    one q . k factor."""
     q, k, v = rand_qkv(gen, B, T, H, K, V, torch.float64)
     s0 = torch.randn(B, H, K, V, generator=gen, dtype=torch.float64) if with_state else None
     g = default_g_gamma(H)
     op, sp, _ = naive_parallel_retention(q, k, v, g, K**-0.5, s0)
+    mag_o, mag_s, _ = naive_parallel_retention(q.abs(), k.abs(), v.abs(), g, K**-0.5, _abs(s0))
     orr, sr = naive_recurrent_retention(q, k, v, g, K**-0.5, s0)
     for c in (64, 16, 7):
         oc, sc = naive_chunk_retention(q, k, v, g, K**-0.5, s0, chunk_size=c)
-        assert rel(oc, op) <= 1e-10 and rel(sc, sp) <= 1e-10
-    assert rel(orr, op) <= 1e-10
-    assert rel(sr, sp) <= 1e-10
+        _close(f"chunk {c} o", oc, op, mag_o)
+        _close(f"chunk {c} state", sc, sp, mag_s)
+    _close("recurrent o", orr, op, mag_o)
+    _close("recurrent state", sr, sp, mag_s)
+
+
+def _abs(x):
+    return None if x is None else x.abs()
+
+
+def _close(name, a, b, mag, bound=1e-10):
+    ratio = ((a - b).abs() / mag).flatten()
+    worst = ratio.argmax().item()
+    assert ratio[worst] <= bound, f"{name}: |a - b| / mag = {ratio[worst].item():.3e} at flat index {worst}"
 
 
 def test_parallel_matches_definition(gen):

@@ -358,7 +358,7 @@ def test_gradcheck_tqt(gen):
     s0 = 0.25
     x = torch.randn(3, 8, generator=gen, dtype=torch.float64) * 1.5
     x = _away_from(x, (-7.5 * s0, 7.5 * s0)).requires_grad_()  # round(x/s) leaves [n, p] at 7.5
-    t0 = x.detach() / s0
+    t0 = (x.detach().float() / s0).double()  # the quantizer rounds float32(x) / s, as in LSQ's
     r0 = torch.round(t0)
     below, above = r0 < -7, r0 > 7
 
