@@ -32,15 +32,20 @@ def default_g_gamma(num_heads: int, device=None) -> torch.Tensor:
     """
     if not isinstance(num_heads, int) or isinstance(num_heads, bool) or num_heads < 1:
         raise ValueError(f"num_heads must be a positive int, got {num_heads!r}")
+    if torch.compiler.is_compiling():  # traced: tensor ops only (a compiled graph runs them once)
+        return _default_g_gamma_tensor(num_heads).to(device)
     return torch.tensor(_default_g_gamma_values(num_heads), dtype=torch.float64, device=device)
+
+
+def _default_g_gamma_tensor(num_heads: int) -> torch.Tensor:
+    h = torch.arange(num_heads, dtype=torch.float64)
+    # on the CPU: log1p is not correctly rounded on every device (see module doc)
+    return torch.log1p(-torch.pow(2.0, DECAY_BASE_EXP - h))
 
 
 @functools.lru_cache(maxsize=64)
 def _default_g_gamma_values(num_heads: int) -> tuple[float, ...]:
-    h = torch.arange(num_heads, dtype=torch.float64)
-    # on the CPU: log1p is not correctly rounded on every device (see module doc); the float64
-    # values round-trip through Python floats exactly
-    return tuple(torch.log1p(-torch.pow(2.0, DECAY_BASE_EXP - h)).tolist())
+    return tuple(_default_g_gamma_tensor(num_heads).tolist())  # float64 -> float: exact
 
 
 def decay_key(g_gamma: torch.Tensor) -> tuple[float, ...]:
