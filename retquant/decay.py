@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -169,17 +170,22 @@ _KERNEL_TABLES: OrderedDict[tuple, dict] = OrderedDict()
 _STEP_GAMMAS: OrderedDict[tuple, torch.Tensor] = OrderedDict()
 
 
+_CACHE_LOCK = threading.Lock()
+
+
 def _lru_entry(cache: OrderedDict, key, build):
     """``cache[key]``, built by ``build()`` when missing; keeps the KERNEL_TABLE_CACHE_SIZE most
-    recently used keys."""
-    entry = cache.get(key)
-    if entry is not None:
-        cache.move_to_end(key)
+    recently used keys. Under a lock: threads calling the ops with different decays would
+    otherwise race between a lookup and another thread's eviction."""
+    with _CACHE_LOCK:
+        entry = cache.get(key)
+        if entry is not None:
+            cache.move_to_end(key)
+            return entry
+        entry = cache[key] = build()
+        while len(cache) > KERNEL_TABLE_CACHE_SIZE:
+            cache.popitem(last=False)
         return entry
-    entry = cache[key] = build()
-    while len(cache) > KERNEL_TABLE_CACHE_SIZE:
-        cache.popitem(last=False)
-    return entry
 
 
 def kernel_step_gamma(g_gamma: torch.Tensor) -> torch.Tensor:
@@ -224,10 +230,11 @@ def kernel_decay_tables(g_gamma: torch.Tensor, lengths, chunk_size: int = CHUNK_
         }
 
     entry = _lru_entry(_KERNEL_TABLES, (decay_key(g), chunk_size), build)
-    for L in {chunk_size, *lengths}:
-        if L not in entry["filled"]:
-            t = chunk_decay_tables(g, L, chunk_size)
-            entry["kdec"][:, L, :L] = t.kdec
-            entry["chunk"][:, L] = t.chunk
-            entry["filled"].add(L)
+    with _CACHE_LOCK:  # rows are written before they are marked filled, one thread at a time
+        for L in {chunk_size, *lengths}:
+            if L not in entry["filled"]:
+                t = chunk_decay_tables(g, L, chunk_size)
+                entry["kdec"][:, L, :L] = t.kdec
+                entry["chunk"][:, L] = t.chunk
+                entry["filled"].add(L)
     return entry
