@@ -35,7 +35,9 @@ def default_g_gamma(num_heads: int, device=None) -> torch.Tensor:
         raise ValueError(f"num_heads must be a positive int, got {num_heads!r}")
     if torch.compiler.is_compiling():  # traced: tensor ops only (a compiled graph runs them once)
         return _default_g_gamma_tensor(num_heads).to(device)
-    return torch.tensor(_default_g_gamma_values(num_heads), dtype=torch.float64, device=device)
+    master = _default_g_gamma_master(num_heads)
+    # a copy: the caller owns it (clone is ~2x cheaper than building a tensor from floats)
+    return master.clone() if device is None else master.to(device, copy=True)
 
 
 def _default_g_gamma_tensor(num_heads: int) -> torch.Tensor:
@@ -45,8 +47,9 @@ def _default_g_gamma_tensor(num_heads: int) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=64)
-def _default_g_gamma_values(num_heads: int) -> tuple[float, ...]:
-    return tuple(_default_g_gamma_tensor(num_heads).tolist())  # float64 -> float: exact
+def _default_g_gamma_master(num_heads: int) -> torch.Tensor:
+    # never handed out: default_g_gamma returns copies
+    return _default_g_gamma_tensor(num_heads)
 
 
 def decay_key(g_gamma: torch.Tensor) -> tuple[float, ...]:
@@ -196,8 +199,10 @@ def kernel_step_gamma(g_gamma: torch.Tensor) -> torch.Tensor:
         >>> kernel_step_gamma(torch.tensor([-0.5], dtype=torch.float64))
         tensor([0.6065])
     """
-    g = g_gamma.detach().to("cpu", torch.float64)
-    return _lru_entry(_STEP_GAMMAS, decay_key(g), lambda: step_gamma(g).contiguous())
+    g = g_gamma
+    if g.dtype != torch.float64 or g.device.type != "cpu":  # (the validated calls' g_gamma is so)
+        g = g.detach().to("cpu", torch.float64)
+    return _lru_entry(_STEP_GAMMAS, tuple(g.tolist()), lambda: step_gamma(g).contiguous())
 
 
 def kernel_decay_tables(g_gamma: torch.Tensor, lengths, chunk_size: int = CHUNK_SIZE) -> dict:

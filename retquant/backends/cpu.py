@@ -16,6 +16,8 @@ reading them (``checks_finite``). Under torch.compile each call is one custom op
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from retquant.backends import cpu_extension, cpu_float, cpu_ops
@@ -43,21 +45,33 @@ def token_rows(x: torch.Tensor, keep_bf16: bool = False) -> torch.Tensor:
     for the kernels that read and write bfloat16 themselves) bfloat16 as given."""
     B, T, H, D = x.shape
     dtype = torch.bfloat16 if keep_bf16 and x.dtype == torch.bfloat16 else torch.float32
-    return x.detach().to(dtype).contiguous().view(B * T, H, D)
+    # Only read by the kernels: a view of the caller's tensor where it already is so (one torch
+    # call instead of four, which a decode step's Python budget notices).
+    if x.dtype != dtype or not x.is_contiguous():
+        x = x.detach().to(dtype).contiguous()
+    return x.view(B * T, H, D)
+
+
+@functools.lru_cache(maxsize=64)
+def _dense_offsets(B: int, T: int) -> torch.Tensor:
+    # shared between calls of one shape: the kernels only read it
+    return torch.arange(0, B * T + 1, T, dtype=torch.int64)
 
 
 def token_offsets(call: RetentionCall) -> torch.Tensor:
     """Sequence offsets ``[N + 1]`` (int64) of :func:`token_rows`' rows: ``cu_seqlens``, or one
-    sequence per batch row."""
+    sequence per batch row (read-only: shared by the calls of one ``B, T``)."""
     if call.cu_seqlens is not None:
         return call.cu_seqlens.to(torch.int64).contiguous()
     B, T = call.q.shape[:2]
-    return torch.arange(0, B * T + 1, T, dtype=torch.int64)
+    return _dense_offsets(B, T)
 
 
 def _init(call: RetentionCall) -> torch.Tensor | None:
     s = call.initial_state
-    return None if s is None else s.detach().to(torch.float32).contiguous()
+    if s is None or (s.dtype == torch.float32 and s.is_contiguous()):
+        return s  # read, never written, by the kernels
+    return s.detach().to(torch.float32).contiguous()
 
 
 def chunk_raw(call: RetentionCall, isa: str | None = None, debug_chunks: int = 0):
@@ -79,7 +93,9 @@ def recurrent_raw(call: RetentionCall):
 
 
 def _finish(call: RetentionCall, out: torch.Tensor, final: torch.Tensor):
-    o = out.view(call.q.shape[:3] + (call.v.shape[3],)).to(call.q.dtype)
+    o = out.view(call.q.shape[:3] + (call.v.shape[3],))
+    if o.dtype != call.q.dtype:
+        o = o.to(call.q.dtype)
     return o, (final if call.output_final_state else None)
 
 

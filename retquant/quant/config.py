@@ -103,7 +103,7 @@ class RetentionQuantConfig:
 
     def is_default_int8(self) -> bool:
         """True for the configuration the fast kernels implement."""
-        return self == _DEFAULT
+        return self._key == _DEFAULT._key  # equal configurations share the key (their repr)
 
 
 _BY_KEY: dict[str, RetentionQuantConfig] = {}  # every configuration made, by key (they are few)
