@@ -158,6 +158,35 @@ int64_t recurrent_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor
   return recurrent_retention_cpu(p);
 }
 
+// The eager decode call in one op, for the public ops' per-token Python budget: q, k [B, T, H, K]
+// and v [B, T, H, V] of any float dtype and strides, the initial state likewise (converted to
+// contiguous float32 here, which costs nothing where they already are), offsets [N + 1] (int64)
+// or none for one sequence per batch row. Allocates o and the final state (from the output
+// cache) and runs recurrent_fwd: (o [B, T, H, V] in q's dtype, final_state [N, H, K, V] float32,
+// the kernel's status).
+std::tuple<at::Tensor, at::Tensor, int64_t> recurrent_call(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const c10::optional<at::Tensor>& offsets, double scale, const at::Tensor& gamma,
+    const c10::optional<at::Tensor>& init, int64_t isa) {
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "q, k, v must be [B, T, H, D]");
+  const int64_t B = q.size(0), T = q.size(1), H = q.size(2), K = q.size(3), V = v.size(3);
+  TORCH_CHECK(B >= 1 && T >= 1 && H >= 1 && K >= 1 && V >= 1, "q and v need non-empty dims");
+  auto rows = [](const at::Tensor& x) {
+    return x.to(at::kFloat).contiguous().view({x.size(0) * x.size(1), x.size(2), x.size(3)});
+  };
+  const at::Tensor off = offsets.has_value()
+                             ? offsets->to(at::kLong).contiguous()
+                             : at::arange(0, B * T + 1, T, at::TensorOptions().dtype(at::kLong));
+  check_offsets(off, B * T);
+  c10::optional<at::Tensor> s0;
+  if (init.has_value()) s0 = init->to(at::kFloat).contiguous();
+  at::Tensor out = at::empty({B, T, H, V}, at::TensorOptions().dtype(at::kFloat));
+  at::Tensor fin = empty_output({off.numel() - 1, H, K, V}, at::kFloat);
+  const int64_t status = recurrent_fwd(rows(q), rows(k), rows(v), off, scale, gamma, s0,
+                                       out.view({B * T, H, V}), fin, isa);
+  return {out.to(q.scalar_type()), fin, status};
+}
+
 // The float chunk kernel (float_chunk.h): q, k, v, out float32 or all bfloat16; decay tables of
 // retquant.decay (C = mask.size(1), a multiple of 16); isa: kFloatIsa* (must be available).
 void float_chunk_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -227,6 +256,9 @@ TORCH_LIBRARY(retquant, m) {
   m.def(
       "recurrent_fwd(Tensor q, Tensor k, Tensor v, Tensor offsets, float scale, Tensor gamma, "
       "Tensor? initial_state, Tensor(a!) out, Tensor(b!) final_state, int isa) -> int");
+  m.def(
+      "recurrent_call(Tensor q, Tensor k, Tensor v, Tensor? offsets, float scale, Tensor gamma, "
+      "Tensor? initial_state, int isa) -> (Tensor, Tensor, int)");
   // isa: a kIsa* code of csrc/cpu_isa.h (0 portable, 1 avx2, 2 avx512)
   m.def(
       "float_chunk_fwd(Tensor q, Tensor k, Tensor v, Tensor offsets, float scale, Tensor mask, "
@@ -248,6 +280,7 @@ TORCH_LIBRARY_IMPL(retquant, CPU, m) {
   m.impl("chunk_fwd", &chunk_fwd);
   m.impl("chunk_fwd_debug", &chunk_fwd_debug);
   m.impl("recurrent_fwd", &recurrent_fwd);
+  m.impl("recurrent_call", &recurrent_call);
   m.impl("quantize_tokens", &quantize_tokens);
   m.impl("quantize_v_chunks", &quantize_v_chunks);
   m.impl("float_chunk_fwd", &float_chunk_fwd);

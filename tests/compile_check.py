@@ -88,11 +88,16 @@ def check_opcheck() -> None:
         key = "" if not quant else __import__("retquant").PRESETS[quant].key
         args = ("chunk", q, k, v, g, s0, None, 32**-0.5, key, "reference", True)
         torch.library.opcheck(torch.ops.retquant.retention.default, args)
-    # the CPU kernels' own custom ops ([T, H, D] tokens with sequence offsets)
-    q, k, v = (x.detach().reshape(-1, 2, x.shape[-1]).contiguous() for x in _qkv(T=70))
+    # the CPU kernels' own custom ops: the chunk op on [T, H, D] tokens with sequence offsets, the
+    # decode op on [B, T, H, D] (dense, and packed with cu_seqlens)
+    qkv = [x.detach() for x in _qkv(T=70)]
+    q, k, v = (x.reshape(-1, 2, x.shape[-1]).contiguous() for x in qkv)
     off = torch.tensor([0, 70, 140])
-    for op in (torch.ops.retquant.cpu_chunk_int8, torch.ops.retquant.cpu_recurrent_int8):
-        torch.library.opcheck(op, (q, k, v, off, 32**-0.5, g, torch.randn(2, 2, 32, 48)))
+    torch.library.opcheck(torch.ops.retquant.cpu_chunk_int8, (q, k, v, off, 32**-0.5, g, s0))
+    rec = torch.ops.retquant.cpu_recurrent_int8
+    torch.library.opcheck(rec, (*qkv, None, 32**-0.5, g, s0))
+    packed = [x.reshape(1, -1, *x.shape[2:]) for x in qkv]
+    torch.library.opcheck(rec, (*packed, off, 32**-0.5, g, s0))
 
 
 if __name__ == "__main__":

@@ -99,26 +99,29 @@ def test_chunk_bf16_io_matches_integer_spec(shape, isa):
     assert torch.equal(kv.long(), tr.acc_kv)
 
 
-def test_public_op_varlen_dtypes_noncontiguous(isa):
+@pytest.mark.parametrize("op", [chunk_retention, fused_recurrent_retention], ids=["chunk", "recurrent"])
+def test_public_op_varlen_dtypes_noncontiguous(op, isa):
     lens = [70, 1, 130, 64]
     T = sum(lens)
     cu = torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist())
     q, k, v, _ = _inputs(1, T, 2, 64, 96, seed=1)
     s = torch.randn(len(lens), 2, 64, 96)
     kw = dict(initial_state=s, output_final_state=True, cu_seqlens=cu, quant="int8")
-    o_ref, f_ref = chunk_retention(q, k, v, backend="reference", **kw)
-    o, f = chunk_retention(q, k, v, backend="cpu", **kw)
+    o_ref, f_ref = op(q, k, v, backend="reference", **kw)
+    o, f = op(q, k, v, backend="cpu", **kw)
     assert torch.equal(o, o_ref) and torch.equal(f, f_ref)
-    # non-contiguous views give the same numbers
+    # non-contiguous views (q, and the state) give the same numbers
     qt = q.transpose(1, 2).contiguous().transpose(1, 2)
-    assert not qt.is_contiguous()
-    o2, _ = chunk_retention(qt, k, v, backend="cpu", **kw)
-    assert torch.equal(o2, o)
+    st = s.transpose(2, 3).contiguous().transpose(2, 3)
+    assert not (qt.is_contiguous() or st.is_contiguous())
+    o2, f2 = op(qt, k, v, backend="cpu", **{**kw, "initial_state": st})
+    assert torch.equal(o2, o) and torch.equal(f2, f)
     # half precisions: the kernel runs in float32; o comes back in q's dtype, state in float32
     for dt in (torch.bfloat16, torch.float16):
-        qh, kh, vh = q.to(dt), k.to(dt), v.to(dt)
-        oh_ref, fh_ref = chunk_retention(qh, kh, vh, backend="reference", **kw)
-        oh, fh = chunk_retention(qh, kh, vh, backend="cpu", **kw)
+        qh, kh, vh, sh = q.to(dt), k.to(dt), v.to(dt), s.to(dt)
+        kwh = {**kw, "initial_state": sh}
+        oh_ref, fh_ref = op(qh, kh, vh, backend="reference", **kwh)
+        oh, fh = op(qh, kh, vh, backend="cpu", **kwh)
         assert oh.dtype == dt and fh.dtype == torch.float32
         assert torch.equal(oh, oh_ref) and torch.equal(fh, fh_ref)
 

@@ -86,12 +86,6 @@ def chunk_raw(call: RetentionCall, isa: str | None = None, debug_chunks: int = 0
     return cpu_ops.chunk(*args)
 
 
-def recurrent_raw(call: RetentionCall):
-    """Run the recurrent kernel on ``call``: ``(o f32 [B*T, H, V], final f32 [N, H, K, V])``."""
-    q, k, v = token_rows(call.q), token_rows(call.k), token_rows(call.v)
-    return cpu_ops.recurrent(q, k, v, token_offsets(call), call.scale, call.g_gamma, _init(call))
-
-
 def _finish(call: RetentionCall, out: torch.Tensor, final: torch.Tensor):
     o = out.view(call.q.shape[:3] + (call.v.shape[3],))
     if o.dtype != call.q.dtype:
@@ -115,7 +109,9 @@ def chunk(call: RetentionCall):
 def fused_recurrent(call: RetentionCall):
     if call.quant is None:
         return float_forms(call)
-    return _finish(call, *recurrent_raw(call))
+    args = (call.q, call.k, call.v, call.cu_seqlens, call.scale, call.g_gamma, call.initial_state)
+    o, final = cpu_ops.recurrent(*args)
+    return o, (final if call.output_final_state else None)
 
 
 register_backend(

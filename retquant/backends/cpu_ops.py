@@ -1,14 +1,16 @@
 """The CPU kernels as two PyTorch custom ops, so ``torch.compile`` sees each call as one op.
 
-``torch.ops.retquant.cpu_chunk_int8`` and ``torch.ops.retquant.cpu_recurrent_int8`` take tokens
-as contiguous ``[T_total, H, D]`` (float32; the chunk op also bfloat16, read and written as
-such) with sequence ``offsets [N + 1]`` (int64) and return ``(o [T_total, H, V] in q's dtype,
-final_state [N, H, K, V] float32)``. Each has a fake (meta) implementation
-giving the output shapes, which is what a compiler traces; at run time it builds the decay
-tables, calls the C++ op (``retquant::chunk_fwd`` / ``retquant::recurrent_fwd``) and raises the
-``ValueError`` of :func:`retquant.validate.check_quant_inputs` when the kernel saw inf, NaN or
-an input outside the accepted range.
-Eager calls go to the same Python functions directly (:func:`chunk`, :func:`recurrent`).
+``torch.ops.retquant.cpu_chunk_int8`` takes tokens as contiguous ``[T_total, H, D]`` (float32
+or bfloat16, read and written as such) with sequence ``offsets [N + 1]`` (int64) and returns
+``(o [T_total, H, V] in q's dtype, final_state [N, H, K, V] float32)``;
+``torch.ops.retquant.cpu_recurrent_int8`` takes the ops' own ``[B, T, H, D]`` tensors (any float
+dtype and strides) with ``cu_seqlens`` or ``None`` and returns ``(o [B, T, H, V] in q's dtype,
+final_state)``. Each has a fake (meta) implementation giving the output shapes, which is what a
+compiler traces; at run time it builds the decay tables, calls the C++ op
+(``retquant::chunk_fwd`` / ``retquant::recurrent_call``) and raises the ``ValueError`` of
+:func:`retquant.validate.check_quant_inputs` when the kernel saw inf, NaN or an input outside the
+accepted range. Eager calls go to the same Python functions directly (:func:`chunk`,
+:func:`recurrent`).
 
 Example:
     >>> from retquant.decay import default_g_gamma
@@ -133,34 +135,39 @@ def recurrent_int8(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    offsets: torch.Tensor,
+    cu_seqlens: torch.Tensor | None,
     scale: float,
     g_gamma: torch.Tensor,
     initial_state: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    ops = cpu_extension.ops()
-    out_shape, state_shape = output_shapes(q, v, offsets)
-    out = torch.empty(out_shape, dtype=torch.float32)
-    final = ops.empty_cached(list(state_shape), torch.float32)
-    gamma = kernel_step_gamma(g_gamma)  # no chunk tables for a decode call
-    status = ops.recurrent_fwd(
-        q, k, v, offsets, scale, gamma, initial_state, out, final, cpu_extension.isa_code()
+    # One C++ call converts, allocates and runs the kernel (retquant::recurrent_call): a decode
+    # step's Python budget is a handful of torch calls.
+    o, final, status = cpu_extension.ops().recurrent_call(
+        q, k, v, cu_seqlens, scale, kernel_step_gamma(g_gamma), initial_state, cpu_extension.isa_code()
     )
     if status:
         raise_recurrent_status(status, initial_state)
-    return out, final
+    return o, final
 
 
 def outputs_like(q, k, v, offsets, scale, g_gamma, initial_state):
-    """The fake implementation of every CPU kernel custom op: empty outputs of the right shapes."""
+    """The fake implementation of the token-row CPU kernel custom ops: empty outputs of the right
+    shapes."""
     out_shape, state_shape = output_shapes(q, v, offsets)
     return q.new_empty(out_shape), q.new_empty(state_shape, dtype=torch.float32)
+
+
+def recurrent_outputs_like(q, k, v, cu_seqlens, scale, g_gamma, initial_state):
+    """The fake implementation of ``cpu_recurrent_int8`` (``[B, T, H, D]`` inputs)."""
+    B, T, H, K = q.shape
+    N = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
+    return q.new_empty(B, T, H, v.shape[3]), q.new_empty(N, H, K, v.shape[3], dtype=torch.float32)
 
 
 cpu_chunk_int8 = torch.library.custom_op("retquant::cpu_chunk_int8", chunk_int8, mutates_args=())
 cpu_recurrent_int8 = torch.library.custom_op("retquant::cpu_recurrent_int8", recurrent_int8, mutates_args=())
 cpu_chunk_int8.register_fake(outputs_like)
-cpu_recurrent_int8.register_fake(outputs_like)
+cpu_recurrent_int8.register_fake(recurrent_outputs_like)
 
 
 def chunk(*args):
