@@ -171,15 +171,27 @@ std::tuple<at::Tensor, at::Tensor, int64_t> recurrent_call(
   TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "q, k, v must be [B, T, H, D]");
   const int64_t B = q.size(0), T = q.size(1), H = q.size(2), K = q.size(3), V = v.size(3);
   TORCH_CHECK(B >= 1 && T >= 1 && H >= 1 && K >= 1 && V >= 1, "q and v need non-empty dims");
+  TORCH_CHECK(k.sizes() == q.sizes(), "k must have q's shape [B, T, H, K]");
+  TORCH_CHECK(v.size(0) == B && v.size(1) == T && v.size(2) == H, "v must be [B, T, H, V]");
+  for (const at::Tensor* x : {&q, &k, &v})
+    TORCH_CHECK(at::isFloatingType(x->scalar_type()), "q, k, v must be floating, got ",
+                x->scalar_type());
   auto rows = [](const at::Tensor& x) {
     return x.to(at::kFloat).contiguous().view({x.size(0) * x.size(1), x.size(2), x.size(3)});
   };
+  if (offsets.has_value())
+    TORCH_CHECK(at::isIntegralType(offsets->scalar_type(), /*includeBool=*/false),
+                "offsets must be an integer tensor, got ", offsets->scalar_type());
   const at::Tensor off = offsets.has_value()
                              ? offsets->to(at::kLong).contiguous()
                              : at::arange(0, B * T + 1, T, at::TensorOptions().dtype(at::kLong));
   check_offsets(off, B * T);
   c10::optional<at::Tensor> s0;
-  if (init.has_value()) s0 = init->to(at::kFloat).contiguous();
+  if (init.has_value()) {
+    TORCH_CHECK(at::isFloatingType(init->scalar_type()), "initial_state must be floating, got ",
+                init->scalar_type());
+    s0 = init->to(at::kFloat).contiguous();
+  }
   at::Tensor out = at::empty({B, T, H, V}, at::TensorOptions().dtype(at::kFloat));
   at::Tensor fin = empty_output({off.numel() - 1, H, K, V}, at::kFloat);
   const int64_t status = recurrent_fwd(rows(q), rows(k), rows(v), off, scale, gamma, s0,
@@ -284,6 +296,12 @@ TORCH_LIBRARY_IMPL(retquant, CPU, m) {
   m.impl("quantize_tokens", &quantize_tokens);
   m.impl("quantize_v_chunks", &quantize_v_chunks);
   m.impl("float_chunk_fwd", &float_chunk_fwd);
+}
+
+// recurrent_call takes the caller's tensors as they are (no detach from Python: a decode step's
+// budget); it has no gradient, so its outputs must not look differentiable either.
+TORCH_LIBRARY_IMPL(retquant, Autograd, m) {
+  m.impl("recurrent_call", torch::CppFunction::makeFallthrough());
 }
 
 TORCH_LIBRARY_IMPL(retquant, CompositeExplicitAutograd, m) {

@@ -10,7 +10,6 @@ would make the integer specification depend on the device.
 
 from __future__ import annotations
 
-import functools
 import math
 import threading
 from collections import OrderedDict
@@ -41,15 +40,23 @@ def default_g_gamma(num_heads: int, device=None) -> torch.Tensor:
 
 
 def _default_g_gamma_tensor(num_heads: int) -> torch.Tensor:
-    h = torch.arange(num_heads, dtype=torch.float64)
-    # on the CPU: log1p is not correctly rounded on every device (see module doc)
+    # on the CPU (whatever the default device): log1p is not correctly rounded on every device
+    # (see module doc)
+    h = torch.arange(num_heads, dtype=torch.float64, device="cpu")
     return torch.log1p(-torch.pow(2.0, DECAY_BASE_EXP - h))
 
 
-@functools.lru_cache(maxsize=64)
+_DEFAULT_G_GAMMAS: dict[int, torch.Tensor] = {}  # per num_heads; never handed out (copies are)
+
+
 def _default_g_gamma_master(num_heads: int) -> torch.Tensor:
-    # never handed out: default_g_gamma returns copies
-    return _default_g_gamma_tensor(num_heads)
+    g = _DEFAULT_G_GAMMAS.get(num_heads)
+    if g is None:
+        g = _default_g_gamma_tensor(num_heads)
+        # only a real tensor is kept: one built under a fake-tensor mode must not outlive it
+        if type(g) is torch.Tensor and len(_DEFAULT_G_GAMMAS) < 64:
+            _DEFAULT_G_GAMMAS[num_heads] = g
+    return g
 
 
 def decay_key(g_gamma: torch.Tensor) -> tuple[float, ...]:

@@ -263,6 +263,43 @@ def test_bad_inputs_raise_before_the_kernel():
         )
 
 
+def test_recurrent_call_rejects_bad_arguments():
+    # The eager decode op (retquant::recurrent_call) converts its inputs itself: it must refuse
+    # what it cannot convert faithfully, not truncate or cast it.
+    q, k, v, s = _inputs(2, 3, 2, 16, 8, init=True)
+    gamma = torch.full((2,), 0.9)
+    call = torch.ops.retquant.recurrent_call
+    ok = (q, k, v, None, 0.25, gamma, s, 0)
+    o, f, status = call(*ok)
+    assert o.shape == (2, 3, 2, 8) and f.shape == (2, 2, 16, 8) and status == 0
+    cases = {
+        "floating": (q.to(torch.int32), k, v, None, 0.25, gamma, s, 0),
+        "initial_state must be floating": (q, k, v, None, 0.25, gamma, s.to(torch.int64), 0),
+        "integer": (q, k, v, torch.tensor([0.0, 1.5, 3.0]), 0.25, gamma, s, 0),
+        "k must have q's shape": (q, k.reshape(3, 2, 2, 16), v, None, 0.25, gamma, s, 0),
+        "v must be": (q, k, v.reshape(3, 2, 2, 8), None, 0.25, gamma, s, 0),
+        r"\[B, T, H, D\]": (q[0], k[0], v[0], None, 0.25, gamma, s, 0),
+        "offsets must run": (q, k, v, torch.tensor([0, 5]), 0.25, gamma, s, 0),
+        "initial_state must be": (q, k, v, None, 0.25, gamma, s[:, :, :8], 0),
+    }
+    for match, args in cases.items():
+        with pytest.raises(RuntimeError, match=match):
+            call(*args)
+
+
+def test_backend_call_outputs_carry_no_gradient():
+    # Called directly (not through the public ops' autograd), the cpu backend's kernels return
+    # outputs that do not claim a gradient they cannot give: backward then raises, never runs
+    # through to leave q.grad silently empty.
+    q, k, v, s = (x.requires_grad_() for x in _inputs(1, 5, 2, 16, 8, init=True))
+    for op in ("chunk", "fused_recurrent"):
+        call = validate_call(q, k, v, initial_state=s, output_final_state=True, quant="int8")
+        o, f = getattr(cpu, op)(call)
+        assert not (o.requires_grad or f.requires_grad), op
+        with pytest.raises(RuntimeError, match="does not require grad"):
+            o.sum().backward()
+
+
 @pytest.mark.parametrize("op", [chunk_retention, fused_recurrent_retention], ids=["chunk", "recurrent"])
 @pytest.mark.parametrize("name", ["q", "k", "v", "initial_state"])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")], ids=["nan", "inf", "-inf"])

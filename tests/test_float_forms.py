@@ -104,6 +104,21 @@ def test_default_decay_is_retnet_schedule():
     g = default_g_gamma(4)
     want = torch.tensor([1 - 2.0 ** (-5 - h) for h in range(4)], dtype=torch.float64).log()
     assert torch.equal(g, want)
+    # the caller owns the tensor: writing to it changes no later call
+    g.zero_()
+    assert torch.equal(default_g_gamma(4), want)
+
+
+def test_default_decay_first_built_under_a_meta_device_is_real():
+    # The values are cached per H; a first call while building a model on the meta device (or
+    # under a fake-tensor mode) must not leave a meta tensor in the cache for later calls.
+    H = 23  # a head count no other test asks for first
+    with torch.device("meta"):
+        g_meta = default_g_gamma(H, device="meta")
+    assert g_meta.is_meta
+    g = default_g_gamma(H)
+    want = torch.log1p(-torch.pow(2.0, -5 - torch.arange(H, dtype=torch.float64)))
+    assert g.device.type == "cpu" and torch.equal(g, want)
 
 
 def test_custom_g_gamma_and_scale(gen):

@@ -7,7 +7,8 @@ or when the extension cannot be built, :func:`unsupported` returns the reason (`
 warns once and runs the reference; ``backend="cpu"`` raises). Importing this module never fails
 and never compiles: the build happens on the first call that could use the kernels.
 
-Inputs of any float dtype but float64 and any strides are made contiguous; the chunk kernel reads
+Inputs of float32, bfloat16 or float16 (float64 runs the reference) and any strides are made
+contiguous (the decode call does it in C++, ``retquant::recurrent_call``); the chunk kernel reads
 and writes bfloat16 as it is, everything else runs in float32. ``o`` comes back in q's dtype, the
 final state in float32 (as the reference does). The kernels check their inputs for inf/NaN while
 reading them (``checks_finite``). Under torch.compile each call is one custom op
@@ -15,8 +16,6 @@ reading them (``checks_finite``). Under torch.compile each call is one custom op
 """
 
 from __future__ import annotations
-
-import functools
 
 import torch
 
@@ -52,10 +51,19 @@ def token_rows(x: torch.Tensor, keep_bf16: bool = False) -> torch.Tensor:
     return x.view(B * T, H, D)
 
 
-@functools.lru_cache(maxsize=64)
+_DENSE_OFFSETS: dict[tuple[int, int], torch.Tensor] = {}  # shared per shape: the kernels only read it
+
+
 def _dense_offsets(B: int, T: int) -> torch.Tensor:
-    # shared between calls of one shape: the kernels only read it
-    return torch.arange(0, B * T + 1, T, dtype=torch.int64)
+    off = _DENSE_OFFSETS.get((B, T))
+    if off is None:
+        off = torch.arange(0, B * T + 1, T, dtype=torch.int64, device="cpu")
+        # only a real tensor is kept (not one made under a fake-tensor mode); a bounded few shapes
+        if type(off) is torch.Tensor:
+            if len(_DENSE_OFFSETS) >= 64:
+                _DENSE_OFFSETS.clear()
+            _DENSE_OFFSETS[(B, T)] = off
+    return off
 
 
 def token_offsets(call: RetentionCall) -> torch.Tensor:
