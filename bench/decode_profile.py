@@ -7,7 +7,9 @@ place, as ``RetentionDecoder.step`` calls it) and the in-place fp32 PyTorch step
 (:func:`bench.cpu.decode_step_fp32`) at B = 1, 2, 4, 8, fits ``time = fixed + per_head * B * H``
 by least squares, and times a 1 x 1 x 16 x 16 state (almost no work: the call's own cost), there
 also through ``RetentionDecoder.step`` and the public ``fused_recurrent_retention`` (argument
-checks, a new state tensor per call: what each API adds to the kernel op per token). The
+checks, a new state tensor per call: what each API adds to the kernel op per token); at B = 4
+it splits the public op's time into the kernel in place, the same kernel writing a new state
+(``retquant::recurrent_call``) and the Python path around it. The
 state grows from 0.5 to 4 MiB over the sweep (past the L2 of two cores at B >= 2): a per-head
 cost that does not rise with B says the state's trips beyond L2 are not what bounds the kernel.
 Medians of ``--repeats`` rounds of 64 tokens each (the int8 op and the fp32 step in turn).
@@ -64,6 +66,35 @@ def _api_call_times(repeats, gen) -> tuple[float, float]:
     return t_dec / STEPS, t_op / STEPS
 
 
+def _public_op_split(B, H, K, V, repeats, gen) -> tuple[float, float, float]:
+    """Seconds per token at one shape of: the kernel op updating the state in place; the same
+    kernel writing a new state tensor per token (``retquant::recurrent_call``, what the public op
+    runs, without its Python); the public ``fused_recurrent_retention`` (int8, cpu)."""
+    q, k = (torch.randn(STEPS, B, 1, H, K, generator=gen) for _ in range(2))
+    v = torch.randn(STEPS, B, 1, H, V, generator=gen)
+    S0 = torch.randn(B, H, K, V, generator=gen)
+    g_gamma, scale = default_g_gamma(H), K**-0.5
+    gamma = step_gamma(g_gamma)
+    off = torch.arange(B + 1, dtype=torch.int64)
+    out = torch.empty(B, H, V)
+    S_op = S0.clone()
+    isa = cpu_extension.isa_code()
+    qf, kf, vf = (x.view(STEPS, B, H, -1) for x in (q, k, v))
+
+    def in_place():
+        for t in range(STEPS):
+            torch.ops.retquant.recurrent_fwd(qf[t], kf[t], vf[t], off, scale, gamma, S_op, out, S_op, isa)
+
+    def new_state():
+        S = S0
+        for t in range(STEPS):
+            _, S, _ = torch.ops.retquant.recurrent_call(q[t], k[t], v[t], None, scale, gamma, S, isa)
+
+    _, public = api_decode_loops(q, k, v, S0, g_gamma, scale)
+    times = interleaved_median_times([in_place, new_state, public], repeats)
+    return tuple(t / STEPS for t in times)
+
+
 def _fit(xs, ys) -> tuple[float, float]:
     """Least-squares ``y = a + b x``; returns ``(a, b)``."""
     n = len(xs)
@@ -117,6 +148,13 @@ def main(argv=None) -> None:
         f"{fper_head:.2f} us per head"
     )
     print(f"per-head ratio (fixed costs excluded): {fper_head / per_head:.2f}x")
+    B = 4
+    t_in, t_new, t_pub = _public_op_split(B, H, K, V, args.repeats, gen)
+    print(
+        f"public op at B={B}: kernel op in place {t_in * 1e6:.1f} us; the same kernel writing a new "
+        f"state (recurrent_call) {t_new * 1e6:.1f} us; fused_recurrent_retention {t_pub * 1e6:.1f} us "
+        f"(new state +{(t_new - t_in) * 1e6:.1f} us, Python path +{(t_pub - t_new) * 1e6:.1f} us)"
+    )
 
 
 if __name__ == "__main__":

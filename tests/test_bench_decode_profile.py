@@ -19,3 +19,4 @@ def test_tiny_run_prints_the_fit(capsys):
     out = capsys.readouterr().out
     assert "fixed +" in out and "per head" in out and out.count("x |") == 4, out
     assert "RetentionDecoder.step:" in out and "fused_recurrent_retention (checks, new state):" in out, out
+    assert "public op at B=4:" in out and "Python path +" in out, out
