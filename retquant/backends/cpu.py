@@ -51,28 +51,13 @@ def token_rows(x: torch.Tensor, keep_bf16: bool = False) -> torch.Tensor:
     return x.view(B * T, H, D)
 
 
-_DENSE_OFFSETS: dict[tuple[int, int], torch.Tensor] = {}  # shared per shape: the kernels only read it
-
-
-def _dense_offsets(B: int, T: int) -> torch.Tensor:
-    off = _DENSE_OFFSETS.get((B, T))
-    if off is None:
-        off = torch.arange(0, B * T + 1, T, dtype=torch.int64, device="cpu")
-        # only a real tensor is kept (not one made under a fake-tensor mode); a bounded few shapes
-        if type(off) is torch.Tensor:
-            if len(_DENSE_OFFSETS) >= 64:
-                _DENSE_OFFSETS.clear()
-            _DENSE_OFFSETS[(B, T)] = off
-    return off
-
-
 def token_offsets(call: RetentionCall) -> torch.Tensor:
     """Sequence offsets ``[N + 1]`` (int64) of :func:`token_rows`' rows: ``cu_seqlens``, or one
-    sequence per batch row (read-only: shared by the calls of one ``B, T``)."""
+    sequence per batch row."""
     if call.cu_seqlens is not None:
         return call.cu_seqlens.to(torch.int64).contiguous()
     B, T = call.q.shape[:2]
-    return _dense_offsets(B, T)
+    return torch.arange(0, B * T + 1, T, dtype=torch.int64, device="cpu")
 
 
 def _init(call: RetentionCall) -> torch.Tensor | None:
