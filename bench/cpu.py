@@ -139,6 +139,22 @@ def decode_step_fp32(q, k, v, S, gamma, scale):
     return torch.bmm((q * scale).reshape(B * H, 1, K), Sf).view(B, H, V)
 
 
+def kernel_decode_loop(q, k, v, S, gamma, scale):
+    """A per-token loop of the registered int8 decode op over tokens ``q, k [steps, B, H, K]``,
+    ``v [steps, B, H, V]`` (contiguous per token), updating ``S`` in place (initial_state is
+    final_state, as ``RetentionDecoder.step`` calls it); ``gamma`` float32 ``[H]``."""
+    steps, B, H, _ = q.shape
+    off = torch.arange(B + 1, dtype=torch.int64)
+    out = torch.empty(B, H, v.shape[-1])
+    isa = cpu_extension.isa_code()
+
+    def op_steps():
+        for t in range(steps):
+            torch.ops.retquant.recurrent_fwd(q[t], k[t], v[t], off, scale, gamma, S, out, S, isa)
+
+    return op_steps
+
+
 def api_decode_loops(q, k, v, S0, g_gamma, scale):
     """Two per-token loops over tokens ``q, k [steps, B, 1, H, K]``, ``v [steps, B, 1, H, V]``:
     ``RetentionDecoder.step`` (int8, cpu, state in place: the serving API) and the public
@@ -276,14 +292,7 @@ def _decode(B, H, K, V, gg, scale, gen, R):
         return S
 
     qf, kf, vf = (x.view(steps, B, H, -1) for x in (q, k, v))  # per token: contiguous [B, H, D]
-    off = torch.arange(B + 1, dtype=torch.int64)
-    out = torch.empty(B, H, V)
-    S_op = S0.clone()
-    isa = cpu_extension.isa_code()
-
-    def op_steps():  # the registered op, state updated in place (initial_state is final_state)
-        for t in range(steps):
-            torch.ops.retquant.recurrent_fwd(qf[t], kf[t], vf[t], off, scale, gamma, S_op, out, S_op, isa)
+    op_steps = kernel_decode_loop(qf, kf, vf, S0.clone(), gamma, scale)
 
     t_op, t_dec, t_i8, t_f32 = (
         t / steps for t in interleaved_median_times([op_steps, decoder_steps, int8_steps, fp32_steps], R)

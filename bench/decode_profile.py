@@ -21,7 +21,7 @@ import argparse
 
 import torch
 
-from bench.cpu import api_decode_loops, decode_step_fp32
+from bench.cpu import api_decode_loops, decode_step_fp32, kernel_decode_loop
 from bench.cpu_peers import interleaved_median_times
 from retquant.backends import cpu_extension
 from retquant.backends.cpu_extension import cpu_name
@@ -37,14 +37,8 @@ def _per_token_times(B, H, K, V, repeats, gen) -> tuple[float, float]:
     S0 = torch.randn(B, H, K, V, generator=gen)
     gamma = step_gamma(default_g_gamma(H))
     scale = K**-0.5
-    off = torch.arange(B + 1, dtype=torch.int64)
-    out = torch.empty(B, H, V)
-    S_op, S_f32 = S0.clone(), S0.clone()
-    isa = cpu_extension.isa_code()
-
-    def op_steps():
-        for t in range(STEPS):
-            torch.ops.retquant.recurrent_fwd(q[t], k[t], v[t], off, scale, gamma, S_op, out, S_op, isa)
+    S_f32 = S0.clone()
+    op_steps = kernel_decode_loop(q, k, v, S0.clone(), gamma, scale)
 
     def fp32_steps():
         for t in range(STEPS):
@@ -75,15 +69,9 @@ def _public_op_split(B, H, K, V, repeats, gen) -> tuple[float, float, float]:
     S0 = torch.randn(B, H, K, V, generator=gen)
     g_gamma, scale = default_g_gamma(H), K**-0.5
     gamma = step_gamma(g_gamma)
-    off = torch.arange(B + 1, dtype=torch.int64)
-    out = torch.empty(B, H, V)
-    S_op = S0.clone()
     isa = cpu_extension.isa_code()
     qf, kf, vf = (x.view(STEPS, B, H, -1) for x in (q, k, v))
-
-    def in_place():
-        for t in range(STEPS):
-            torch.ops.retquant.recurrent_fwd(qf[t], kf[t], vf[t], off, scale, gamma, S_op, out, S_op, isa)
+    in_place = kernel_decode_loop(qf, kf, vf, S0.clone(), gamma, scale)
 
     def new_state():
         S = S0

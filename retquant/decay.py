@@ -68,7 +68,10 @@ def decay_key(g_gamma: torch.Tensor) -> tuple[float, ...]:
         >>> decay_key(torch.tensor([-0.5, -0.25]))
         (-0.5, -0.25)
     """
-    return tuple(g_gamma.detach().to("cpu", torch.float64).tolist())
+    g = g_gamma
+    if g.dtype != torch.float64 or g.device.type != "cpu":  # (a validated call's g_gamma is so)
+        g = g.detach().to("cpu", torch.float64)
+    return tuple(g.tolist())
 
 
 def resolve_g_gamma(g_gamma, num_heads: int, device=None) -> torch.Tensor:
@@ -206,10 +209,11 @@ def kernel_step_gamma(g_gamma: torch.Tensor) -> torch.Tensor:
         >>> kernel_step_gamma(torch.tensor([-0.5], dtype=torch.float64))
         tensor([0.6065])
     """
-    g = g_gamma
-    if g.dtype != torch.float64 or g.device.type != "cpu":  # (the validated calls' g_gamma is so)
-        g = g.detach().to("cpu", torch.float64)
-    return _lru_entry(_STEP_GAMMAS, tuple(g.tolist()), lambda: step_gamma(g).contiguous())
+
+    def build():  # on the CPU whatever g_gamma's device: the kernel reads it from the host
+        return step_gamma(g_gamma.detach().to("cpu", torch.float64)).contiguous()
+
+    return _lru_entry(_STEP_GAMMAS, decay_key(g_gamma), build)
 
 
 def kernel_decay_tables(g_gamma: torch.Tensor, lengths, chunk_size: int = CHUNK_SIZE) -> dict:
