@@ -9,7 +9,10 @@ by least squares, and times a 1 x 1 x 16 x 16 state (almost no work: the call's 
 also through ``RetentionDecoder.step`` and the public ``fused_recurrent_retention`` (argument
 checks, a new state tensor per call: what each API adds to the kernel op per token); at B = 4
 it splits the public op's time into the kernel in place, the same kernel writing a new state
-(``retquant::recurrent_call``) and the Python path around it. The
+(``retquant::recurrent_call``) and the Python path around it; and on one thread it splits the
+kernel itself into its stages (``retquant::decode_stage_seconds``: the token quantization, the
+state update pass, q . S as a pass of its own, and the kernel as it runs, which on AVX2
+interleaves the update and q . S per block of columns). The
 state grows from 0.5 to 4 MiB over the sweep (past the L2 of two cores at B >= 2): a per-head
 cost that does not rise with B says the state's trips beyond L2 are not what bounds the kernel.
 Medians of ``--repeats`` rounds of 64 tokens each (the int8 op and the fp32 step in turn).
@@ -83,6 +86,22 @@ def _public_op_split(B, H, K, V, repeats, gen) -> tuple[float, float, float]:
     return tuple(t / STEPS for t in times)
 
 
+def _stage_times(H, K, V, repeats, gen) -> list[float]:
+    """Seconds per head per token, one thread, medians of ``repeats`` calls of
+    ``retquant::decode_stage_seconds`` at this ISA: the token quantization, the state update pass,
+    q . S as a second pass, the kernel as it runs; raises if the two-pass run and the kernel wrote
+    different bits."""
+    q, k = (torch.randn(STEPS, H, K, generator=gen) for _ in range(2))
+    v = torch.randn(STEPS, H, V, generator=gen)
+    S0 = torch.randn(H, K, V, generator=gen)
+    gamma, isa = step_gamma(default_g_gamma(H)), cpu_extension.isa_code()
+    runs = [torch.ops.retquant.decode_stage_seconds(q, k, v, K**-0.5, gamma, S0, isa) for _ in range(repeats)]
+    if not all(r[4] == 1.0 for r in runs):
+        raise RuntimeError("decode_stage_seconds: the two-pass stages and the kernel disagree")
+    quant, update, two_passes, kernel = (sorted(r[i] for r in runs)[len(runs) // 2] / H for i in range(4))
+    return [quant, update - quant, two_passes - update, kernel]
+
+
 def _fit(xs, ys) -> tuple[float, float]:
     """Least-squares ``y = a + b x``; returns ``(a, b)``."""
     n = len(xs)
@@ -142,6 +161,12 @@ def main(argv=None) -> None:
         f"public op at B={B}: kernel op in place {t_in * 1e6:.1f} us; the same kernel writing a new "
         f"state (recurrent_call) {t_new * 1e6:.1f} us; fused_recurrent_retention {t_pub * 1e6:.1f} us "
         f"(new state +{(t_new - t_in) * 1e6:.1f} us, Python path +{(t_pub - t_new) * 1e6:.1f} us)"
+    )
+    quant, update, dot, kernel = (t * 1e6 for t in _stage_times(H, K, V, args.repeats, gen))
+    print(
+        f"kernel stages, one thread, {H} heads, per head per token: token quantization {quant:.2f} us, "
+        f"state update pass {update:.2f} us, q . S as a second pass {dot:.2f} us "
+        f"(sum {quant + update + dot:.2f} us); the kernel as it runs {kernel:.2f} us"
     )
 
 

@@ -57,6 +57,13 @@ struct ChunkParams {
 
 int chunk_retention_cpu(const ChunkParams& p);  // status (see above)
 
+// Which of the decode's stages a call runs. The kernel runs them all (kDecodeKernel: the state
+// update and q . S interleaved per block of columns where the ISA's stages do that); the others
+// exist for bench.decode_profile, which times the stages apart: the token quantization only
+// (nothing written), also the state update (o not written), or also q . S as a second pass over
+// the whole state (o written as the kernel writes it).
+constexpr int kDecodeQuantize = 1, kDecodeUpdate = 2, kDecodeTwoPasses = 3, kDecodeKernel = 4;
+
 struct RecurrentParams {
   const float* q;            // [T_total, H, K]
   const float* k;
@@ -71,8 +78,12 @@ struct RecurrentParams {
   float* final_state;        // [N, H, K, V]; may be init itself (the update is in place)
   int isa = 0;               // kIsa* of cpu_isa.h (checked against CPUID by the caller)
   bool reverse = false;      // each thread walks its tasks last to first (recurrent_step.cpp)
+  int stages = kDecodeKernel;  // kDecode* above
 };
 
 int recurrent_retention_cpu(const RecurrentParams& p);  // status (see above)
+// Tasks [begin, end) of the (sequence, head) grid on the calling thread with p.isa's stages: no
+// token scan, no threads (recurrent_retention_cpu adds both; bench.decode_profile times this).
+int recurrent_tasks(const RecurrentParams& p, int64_t begin, int64_t end);
 
 }  // namespace retquant

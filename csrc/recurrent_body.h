@@ -28,8 +28,11 @@ static inline bool update_and_dot(const float* src, float* S, int K, int V, floa
 }
 #endif
 
-// Returns kOutOfMemory when scratch allocation fails, else the non-finite input flags.
-static int run_tasks(const RecurrentParams& p, int64_t begin, int64_t end) {
+// Returns kOutOfMemory when scratch allocation fails, else the non-finite input flags. kStages:
+// RecurrentParams::stages (the kernel runs kDecodeKernel; the others stop after a stage, or run
+// the update and q . S as two whole passes, for bench.decode_profile).
+template <int kStages>
+static int run_stages(const RecurrentParams& p, int64_t begin, int64_t end) {
   const int K = p.K, V = p.V, H = p.H;
   const size_t kv = static_cast<size_t>(K) * V;
   const size_t W = static_cast<size_t>(round_up(K > V ? K : V, 16));
@@ -57,12 +60,20 @@ static int run_tasks(const RecurrentParams& p, int64_t begin, int64_t end) {
       bad |= quant_token(p.k + (t * H + h) * K, 1.f, false, K, tmp, ki, &sk) ? 0 : kNonFiniteK;
       bad |= quant_token(p.v + (t * H + h) * V, 1.f, false, V, tmp, acc, &sv) ? 0 : kNonFiniteV;
       for (int v = 0; v < V; ++v) vf[v] = static_cast<float>(acc[v]);  // exact (|code| <= 127)
+      if (kStages == kDecodeQuantize) continue;
       // The initial state (user input, possibly S itself when updated in place) is checked
       // while the first token reads it; later states are this kernel's own.
       const bool first = t == p.offsets[n];
-      if (!update_and_dot(src, S, K, V, g, ki, vf, sk * sv, amax, first, sS, qi, acc))
-        bad |= kNonFiniteState;
+      bool ok;
+      if (kStages == kDecodeKernel) {
+        ok = update_and_dot(src, S, K, V, g, ki, vf, sk * sv, amax, first, sS, qi, acc);
+      } else {
+        ok = update_state(src, S, K, V, g, ki, vf, sk * sv, amax, first);
+        if (kStages == kDecodeTwoPasses) state_dot(S, K, V, amax, sS, qi, acc);
+      }
+      if (!ok) bad |= kNonFiniteState;
       src = S;
+      if (kStages == kDecodeUpdate) continue;
       float* o = p.out + (t * H + h) * V;
       for (int v = 0; v < V; ++v) o[v] = (static_cast<float>(acc[v]) * sq) * sS[v];
     }
@@ -70,6 +81,15 @@ static int run_tasks(const RecurrentParams& p, int64_t begin, int64_t end) {
   std::free(fbuf);
   std::free(ibuf);
   return bad;
+}
+
+static int run_tasks(const RecurrentParams& p, int64_t begin, int64_t end) {
+  switch (p.stages) {
+    case kDecodeQuantize: return run_stages<kDecodeQuantize>(p, begin, end);
+    case kDecodeUpdate: return run_stages<kDecodeUpdate>(p, begin, end);
+    case kDecodeTwoPasses: return run_stages<kDecodeTwoPasses>(p, begin, end);
+    default: return run_stages<kDecodeKernel>(p, begin, end);
+  }
 }
 
 }  // namespace RQ_BODY_NS

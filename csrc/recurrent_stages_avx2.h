@@ -141,38 +141,58 @@ static inline void dot_block(const float* S, int K, int V, int v0, const float* 
 
 #define RQ_STAGES_FUSE_UPDATE_DOT 1
 
+// What a pass over the blocks of columns does: the update, q . S, or both per block (the kernel).
+constexpr int kPassUpdate = 1, kPassDot = 2, kPassBoth = 3;
+
 // One block of columns: the update, then q . S while the block's rows (16 KiB at K = 128) are
-// still in L1.
-template <int NV, bool kFull, bool kCheck>
+// still in L1 (kPassBoth); or only one of the two (kPassUpdate / kPassDot: bench.decode_profile's
+// two-pass stages, q . S then reading the amax a whole update pass left).
+template <int NV, bool kFull, bool kCheck, int kPass>
 static inline __m256 update_dot_block(const float* src, float* S, int K, int V, int v0, float g,
                                       const int32_t* ki, const float* vf, float skv, float* amax,
                                       float* sS, const int32_t* qi, int32_t* acc) {
-  const __m256 bad = update_block<NV, kFull, kCheck>(src, S, K, V, v0, g, ki, vf, skv, amax);
-  dot_block<NV, kFull>(S, K, V, v0, amax, sS, qi, acc);
+  __m256 bad = _mm256_setzero_ps();
+  if (kPass & kPassUpdate) bad = update_block<NV, kFull, kCheck>(src, S, K, V, v0, g, ki, vf, skv, amax);
+  if (kPass & kPassDot) dot_block<NV, kFull>(S, K, V, v0, amax, sS, qi, acc);
   return bad;
 }
 
-template <bool kCheck>
-static inline __m256 update_dot_blocks(const float* src, float* S, int K, int V, float g,
-                                       const int32_t* ki, const float* vf, float skv, float* amax,
-                                       float* sS, const int32_t* qi, int32_t* acc) {
+template <bool kCheck, int kPass>
+static inline bool update_dot_blocks(const float* src, float* S, int K, int V, float g,
+                                     const int32_t* ki, const float* vf, float skv, float* amax,
+                                     float* sS, const int32_t* qi, int32_t* acc) {
   __m256 bad = _mm256_setzero_ps();
   int v0 = 0;
   for (; v0 + 8 * kBlock <= V; v0 += 8 * kBlock)
-    bad = _mm256_or_ps(bad, update_dot_block<kBlock, true, kCheck>(src, S, K, V, v0, g, ki, vf,
-                                                                  skv, amax, sS, qi, acc));
+    bad = _mm256_or_ps(bad, update_dot_block<kBlock, true, kCheck, kPass>(src, S, K, V, v0, g, ki,
+                                                                         vf, skv, amax, sS, qi, acc));
   for (; v0 < V; v0 += 8)
-    bad = _mm256_or_ps(bad, update_dot_block<1, false, kCheck>(src, S, K, V, v0, g, ki, vf, skv,
-                                                              amax, sS, qi, acc));
-  return bad;
+    bad = _mm256_or_ps(bad, update_dot_block<1, false, kCheck, kPass>(src, S, K, V, v0, g, ki, vf,
+                                                                     skv, amax, sS, qi, acc));
+  return !any8(bad);
 }
 
 // The state update and q . S, one block of columns at a time (update_dot_block).
 static inline bool update_and_dot(const float* src, float* S, int K, int V, float g,
                                   const int32_t* ki, const float* vf, float skv, float* amax,
                                   bool check, float* sS, const int32_t* qi, int32_t* acc) {
-  const __m256 bad = check && src != nullptr
-                         ? update_dot_blocks<true>(src, S, K, V, g, ki, vf, skv, amax, sS, qi, acc)
-                         : update_dot_blocks<false>(src, S, K, V, g, ki, vf, skv, amax, sS, qi, acc);
-  return !any8(bad);
+  return check && src != nullptr
+             ? update_dot_blocks<true, kPassBoth>(src, S, K, V, g, ki, vf, skv, amax, sS, qi, acc)
+             : update_dot_blocks<false, kPassBoth>(src, S, K, V, g, ki, vf, skv, amax, sS, qi, acc);
+}
+
+// The update alone over all of S, and q . S alone: the two passes of the portable and AVX-512
+// stages, here only for bench.decode_profile (recurrent_body.h's kDecodeUpdate, kDecodeTwoPasses).
+static inline bool update_state(const float* src, float* S, int K, int V, float g,
+                                const int32_t* ki, const float* vf, float skv, float* amax,
+                                bool check) {
+  return check && src != nullptr
+             ? update_dot_blocks<true, kPassUpdate>(src, S, K, V, g, ki, vf, skv, amax, nullptr, nullptr, nullptr)
+             : update_dot_blocks<false, kPassUpdate>(src, S, K, V, g, ki, vf, skv, amax, nullptr, nullptr, nullptr);
+}
+
+// (S and amax are only read; non-const for update_dot_blocks' signature)
+static inline void state_dot(float* S, int K, int V, float* amax, float* sS, const int32_t* qi,
+                             int32_t* acc) {
+  update_dot_blocks<false, kPassDot>(nullptr, S, K, V, 0.f, nullptr, nullptr, 0.f, amax, sS, qi, acc);
 }

@@ -37,12 +37,16 @@ int recurrent_tasks_avx512(const RecurrentParams& p, int64_t begin, int64_t end)
 // Calls so far, for the direction of the next one.
 static std::atomic<uint32_t> calls{0};
 
+int recurrent_tasks(const RecurrentParams& p, int64_t begin, int64_t end) {
+  if (p.isa == kIsaAvx512) return recurrent_tasks_avx512(p, begin, end);
+  if (p.isa == kIsaAvx2) return recurrent_tasks_avx2(p, begin, end);
+  return rec_portable::run_tasks(p, begin, end);
+}
+
 int recurrent_retention_cpu(const RecurrentParams& params) {
   // Rejected tokens: return before any state is written (the state may be updated in place).
   const int bad_tokens = scan_recurrent_tokens(params);
   if (bad_tokens != 0) return bad_tokens;
-  auto* tasks = params.isa == kIsaAvx512 ? recurrent_tasks_avx512
-                : (params.isa == kIsaAvx2 ? recurrent_tasks_avx2 : rec_portable::run_tasks);
   // Decode calls come one token after another on the same states: every other call walks each
   // thread's (sequence, head) range backwards, so a call starts on the states the previous one
   // touched last, still in that core's L2 (the grid splits the same way on every call). When the
@@ -52,8 +56,8 @@ int recurrent_retention_cpu(const RecurrentParams& params) {
   // evict them anyway. Which direction a call takes changes no result (independent tasks).
   RecurrentParams p = params;
   p.reverse = (calls.fetch_add(1, std::memory_order_relaxed) & 1u) != 0;
-  return run_task_grid(p.N * p.H, "recurrent", [&p, tasks](int64_t begin, int64_t end) {
-    return tasks(p, begin, end);
+  return run_task_grid(p.N * p.H, "recurrent", [&p](int64_t begin, int64_t end) {
+    return recurrent_tasks(p, begin, end);
   });
 }
 

@@ -184,6 +184,29 @@ def test_recurrent_state_scales_around_the_fma_codes_bound(isa):
     assert torch.equal(o, o_ref) and torch.equal(f, f_ref)
 
 
+@pytest.mark.parametrize("tiny_scales", [False, True], ids=["normal", "tiny-scales"])
+def test_decode_stage_profile_two_passes_match_the_kernel(tiny_scales, isa, gen):
+    # bench.decode_profile times the decode's stages apart (retquant::decode_stage_seconds): the
+    # update and q . S as two whole passes against the kernel as it runs (on AVX2 interleaved per
+    # block of columns). The op reports whether both wrote the same state and outputs bit for bit;
+    # V = 44 is one AVX2 block of 32 columns and a partial one; tiny scales take the division path.
+    steps, H, K, V = 6, 3, 40, 44
+    q, k = (torch.randn(steps, H, K, generator=gen) for _ in range(2))
+    v = torch.randn(steps, H, V, generator=gen)
+    state = torch.randn(H, K, V, generator=gen) * (2.0**-110 if tiny_scales else 1.0)
+    if tiny_scales:
+        v[:, :, :36] = 0.0  # those columns only decay: their scales stay below 2^-100
+    gamma = torch.tensor([0.5, 0.9, 0.999])
+    code = cpu_extension.ISA_CODES[isa]
+    r = torch.ops.retquant.decode_stage_seconds(q, k, v, K**-0.5, gamma, state, code)
+    assert len(r) == 5 and all(t > 0 for t in r[:4]), r
+    assert r[4] == 1.0, f"{isa}: the two-pass stages and the kernel wrote different bits"
+    with pytest.raises(RuntimeError, match="gamma must be"):
+        torch.ops.retquant.decode_stage_seconds(q, k, v, 0.1, gamma[:2], state, code)
+    with pytest.raises(RuntimeError, match="inf/NaN"):
+        torch.ops.retquant.decode_stage_seconds(q, k, v * float("nan"), 0.1, gamma, state, code)
+
+
 def _ties(B, T, H, D, seed):
     """Tokens whose codes are exact half-integer ties: every row and column holds 3 * 127 (so
     its scale is 3 exactly, whose reciprocal is inexact) and otherwise values 3 (n + 0.5), so

@@ -47,6 +47,7 @@ SOURCES = (
     "output_alloc.cpp",
     "quantize_rows.cpp",
     "gemm_bench.cpp",
+    "decode_bench.cpp",
     "fma_codes_check.cpp",
     "float_chunk.cpp",
     "float_chunk_portable.cpp",
