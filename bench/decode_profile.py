@@ -21,6 +21,7 @@ Medians of ``--repeats`` rounds of 64 tokens each (the int8 op and the fp32 step
 from __future__ import annotations
 
 import argparse
+import statistics
 
 import torch
 
@@ -98,7 +99,7 @@ def _stage_times(H, K, V, repeats, gen) -> list[float]:
     runs = [torch.ops.retquant.decode_stage_seconds(q, k, v, K**-0.5, gamma, S0, isa) for _ in range(repeats)]
     if not all(r[4] == 1.0 for r in runs):
         raise RuntimeError("decode_stage_seconds: the two-pass stages and the kernel disagree")
-    quant, update, two_passes, kernel = (sorted(r[i] for r in runs)[len(runs) // 2] / H for i in range(4))
+    quant, update, two_passes, kernel = (statistics.median(r[i] for r in runs) / H for i in range(4))
     return [quant, update - quant, two_passes - update, kernel]
 
 

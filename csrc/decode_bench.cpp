@@ -12,15 +12,10 @@
 
 #include "chunk_retention.h"
 #include "cpu_isa.h"
+#include "tensor_checks.h"
 
 namespace retquant {
 namespace {
-
-void check_rows(const at::Tensor& t, const char* name, int64_t dim) {
-  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous() &&
-                  t.dim() == dim,
-              "decode_stage_seconds: ", name, " must be a contiguous float32 CPU tensor of rank ", dim);
-}
 
 // q, k [steps, H, K] and v [steps, H, V]: one token per head per step, as a decode call gets;
 // state [H, K, V], gamma [H]. Returns the seconds per step of kDecodeQuantize, kDecodeUpdate,
@@ -31,8 +26,8 @@ std::vector<double> decode_stage_seconds(const at::Tensor& q, const at::Tensor& 
                                          double scale, const at::Tensor& gamma,
                                          const at::Tensor& state, int64_t isa) {
   check_isa(isa, "decode_stage_seconds");
-  check_rows(q, "q", 3); check_rows(k, "k", 3); check_rows(v, "v", 3);
-  check_rows(gamma, "gamma", 1); check_rows(state, "state", 3);
+  check_f32(q, "q", 3); check_f32(k, "k", 3); check_f32(v, "v", 3);
+  check_f32(gamma, "gamma", 1); check_f32(state, "state", 3);
   const int64_t steps = q.size(0), H = q.size(1), K = q.size(2), V = v.size(2);
   TORCH_CHECK(steps >= 1 && H >= 1 && K >= 1 && V >= 1, "decode_stage_seconds: empty q or v");
   TORCH_CHECK(k.sizes() == q.sizes() && v.size(0) == steps && v.size(1) == H,

@@ -10,16 +10,10 @@
 #include "gemm.h"
 #include "output_alloc.h"
 #include "quantize_rows.h"
+#include "tensor_checks.h"
 
 namespace retquant {
 namespace {
-
-void check_f32(const at::Tensor& t, const char* name, int64_t dim) {
-  TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor");
-  TORCH_CHECK(t.scalar_type() == at::kFloat, name, " must be float32, got ", t.scalar_type());
-  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
-  TORCH_CHECK(t.dim() == dim, name, " must have rank ", dim, ", got ", t.dim());
-}
 
 // q, k, v, out of the chunk op: float32, or all four bfloat16.
 void check_tokens(const at::Tensor& t, const char* name, at::ScalarType dtype) {

@@ -20,3 +20,4 @@ def test_tiny_run_prints_the_fit(capsys):
     assert "fixed +" in out and "per head" in out and out.count("x |") == 4, out
     assert "RetentionDecoder.step:" in out and "fused_recurrent_retention (checks, new state):" in out, out
     assert "public op at B=4:" in out and "Python path +" in out, out
+    assert "kernel stages, one thread" in out and "the kernel as it runs" in out, out
